@@ -1,0 +1,546 @@
+"""The member gallery: templates per member, kept in RAM and persisted encrypted (DESIGN §6).
+
+File format (`TFG1`): magic `TFG1` (4 bytes) + 12-byte random nonce + AES-256-GCM ciphertext (with its
+16-byte tag); the associated data is the magic plus the format version, so a file of another format
+can never be mistaken for this one. The plaintext, which only ever exists in memory, is:
+
+    u32 big-endian header length | JSON header | template ids (n x 16 bytes, uuid4)
+    | member index (n x <u4) | created (n x <f8, Unix seconds) | source index (n x u1)
+    | embeddings (n x dim x <f4, L2-normalised)
+
+The header holds the gallery version, dim, n, the member id list and the source names. 100k templates
+of 128 floats are ~52 MB and save or load in well under a second: no per-float text anywhere.
+
+Key: 32 bytes from the systemd credential `$CREDENTIALS_DIRECTORY/<key_credential>` when present, else
+from the key file, which must be a regular file owned by the current user with mode 0600 or stricter.
+The key never appears in logs, reprs or exception messages.
+
+Writes are atomic (temp file in the same folder, fsync, rename, fsync of the folder); only ciphertext
+is ever written. A file that fails to load is never overwritten: the store refuses to save until a
+load succeeds, so a wrong key cannot turn into an empty gallery on disk.
+
+Every upsert and erase writes one line to the `tillface.audit` logger (member id, template count,
+version, source; never biometrics).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import stat
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .matcher import Matcher
+
+if TYPE_CHECKING:
+    from ..config import GalleryConfig
+
+MAGIC = b"TFG1"
+FORMAT_VERSION = 1
+ASSOCIATED_DATA = MAGIC + struct.pack(">H", FORMAT_VERSION)
+NONCE_SIZE = 12
+TAG_SIZE = 16
+KEY_SIZE = 32
+DEFAULT_DIM = 128
+MAX_MEMBER_ID_LENGTH = 128
+
+Source = Literal["enroll", "import", "sync"]
+SOURCES: tuple[Source, ...] = ("enroll", "import", "sync")
+
+audit_log = logging.getLogger("tillface.audit")
+log = logging.getLogger(__name__)
+
+
+class GalleryError(Exception):
+    """The gallery or its key cannot be used; the message names the file and never holds key material."""
+
+
+@dataclass(frozen=True, eq=False)
+class Template:
+    id: str  # uuid4 hex
+    member_id: str
+    embedding: np.ndarray  # float32 (dim,), unit length, read-only
+    created: float  # Unix seconds
+    source: Source
+
+
+# ---------------------------------------------------------------- key handling
+
+
+def _decode_key(data: bytes, where: str) -> bytes:
+    """32 raw bytes, or the same as 64 hex digits or base64 text (handy for systemd SetCredential=)."""
+    if len(data) == KEY_SIZE:
+        return data
+    text = data.strip()
+    try:
+        if len(text) == 2 * KEY_SIZE:
+            return bytes.fromhex(text.decode("ascii"))
+        if len(text) == 44:
+            key = base64.b64decode(text, validate=True)
+            if len(key) == KEY_SIZE:
+                return key
+    except (ValueError, binascii.Error):
+        pass
+    raise GalleryError(
+        f"{where} does not hold a {KEY_SIZE}-byte key (raw, 64 hex digits or base64); "
+        f"it has {len(data)} bytes"
+    )
+
+
+def read_key_file(path: str | Path) -> bytes:
+    """Read a key file, refusing one that others could read or that another user owns."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise GalleryError(
+            f"gallery key file {path} does not exist (create one with create_key_file)"
+        ) from None
+    except OSError as exc:
+        raise GalleryError(f"cannot open gallery key file {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise GalleryError(f"gallery key file {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise GalleryError(
+                f"gallery key file {path} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+            )
+        if st.st_mode & 0o077:
+            raise GalleryError(
+                f"gallery key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                f"it must be 0600 or stricter (chmod 600 {path})"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(4096)
+    finally:
+        os.close(fd)
+    return _decode_key(data, f"gallery key file {path}")
+
+
+def load_key(
+    key_file: str | Path,
+    credential: str | None = "gallery.key",
+    credentials_dir: str | Path | None = None,
+) -> bytes:
+    """The gallery key: the systemd credential if present, else the key file.
+
+    `credentials_dir` defaults to `$CREDENTIALS_DIRECTORY` (set by systemd for LoadCredential=).
+    systemd already restricts the credentials folder to the service, so its mode is not checked.
+    """
+    folder = credentials_dir if credentials_dir is not None else os.environ.get("CREDENTIALS_DIRECTORY")
+    if credential and folder:
+        cred = Path(folder) / credential
+        if cred.is_file():
+            try:
+                data = cred.read_bytes()
+            except OSError as exc:
+                raise GalleryError(f"cannot read systemd credential {cred}: {exc.strerror}") from None
+            log.info("gallery key from systemd credential %s", credential)
+            return _decode_key(data, f"systemd credential {cred}")
+    return read_key_file(key_file)
+
+
+def create_key_file(path: str | Path) -> None:
+    """Write a new random 32-byte key with mode 0600; never overwrites an existing key.
+
+    The key is written to a temp file, synced, then hard-linked into place, so a crash cannot leave a
+    short key behind and an existing key file makes this fail with `GalleryError`.
+    """
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        raise GalleryError(f"gallery key file {path} already exists; refusing to overwrite it")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, os.urandom(KEY_SIZE))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise GalleryError(f"gallery key file {path} already exists; refusing to overwrite it") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+# ---------------------------------------------------------------- file helpers
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write `chunks` to `path` atomically: temp file (0600) in the same folder, fsync, rename, fsync."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+# ---------------------------------------------------------------- the store
+
+
+class GalleryStore:
+    """Members and their templates, persisted encrypted at `path`; thread-safe.
+
+    Call `load()` first (a missing file is an empty gallery); mutations and `save()` refuse to run on
+    a store whose file failed to load, so a bad key never overwrites the last good file.
+    """
+
+    def __init__(self, path: str | Path, key: bytes, dim: int = DEFAULT_DIM) -> None:
+        if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
+            raise GalleryError(f"the gallery key must be {KEY_SIZE} bytes")
+        self.path = Path(path)
+        self._aead = AESGCM(bytes(key))  # the raw key is not kept on the store
+        self._dim = int(dim)
+        self._lock = threading.RLock()
+        self._members: dict[str, list[Template]] = {}
+        self._version = 0
+        self._loaded = False
+        self._matcher_cache: tuple[int, Matcher] | None = None
+
+    @classmethod
+    def from_config(cls, config: GalleryConfig, credentials_dir: str | Path | None = None) -> GalleryStore:
+        key = load_key(config.key_file, config.key_credential, credentials_dir)
+        return cls(config.file, key)
+
+    def __repr__(self) -> str:
+        return f"GalleryStore({str(self.path)!r}, version={self._version}, templates={self.size})"
+
+    # -------------------------------------------------------------- properties
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def size(self) -> int:
+        """Number of templates."""
+        with self._lock:
+            return sum(len(t) for t in self._members.values())
+
+    def members(self) -> list[str]:
+        with self._lock:
+            return sorted(self._members)
+
+    def templates_of(self, member_id: str) -> list[Template]:
+        with self._lock:
+            return list(self._members.get(member_id, ()))
+
+    def __contains__(self, member_id: object) -> bool:
+        with self._lock:
+            return member_id in self._members
+
+    # -------------------------------------------------------------- persistence
+
+    def load(self, missing_ok: bool = True) -> None:
+        """Replace the in-memory gallery by the file's; a missing file is an empty gallery at version 0."""
+        with self._lock:
+            self._loaded = False
+            try:
+                blob = self.path.read_bytes()
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise GalleryError(f"gallery file {self.path} does not exist") from None
+                self._members, self._version = {}, 0
+                self._matcher_cache = None
+                self._loaded = True
+                log.info("gallery %s does not exist yet: starting empty", self.path)
+                return
+            except OSError as exc:
+                raise GalleryError(f"cannot read gallery file {self.path}: {exc.strerror}") from None
+            members, version, dim = self._decode(blob)
+            self._members, self._version, self._dim = members, version, dim
+            self._matcher_cache = None
+            self._loaded = True
+            log.info(
+                "gallery %s loaded: version %d, %d members, %d templates",
+                self.path,
+                version,
+                len(members),
+                self.size,
+            )
+
+    def save(self) -> None:
+        """Write the gallery atomically (ciphertext only)."""
+        with self._lock:
+            self._require_loaded("save")
+            blob = self._encode()
+            try:
+                _atomic_write(self.path, [MAGIC, blob[:NONCE_SIZE], blob[NONCE_SIZE:]])
+            except OSError as exc:
+                raise GalleryError(f"cannot write gallery file {self.path}: {exc.strerror or exc}") from None
+
+    def _require_loaded(self, action: str) -> None:
+        if not self._loaded:
+            raise GalleryError(
+                f"gallery {self.path} is not loaded (or failed to load); refusing to {action} "
+                "so that the file on disk is not overwritten"
+            )
+
+    def _encode(self) -> bytes:
+        """nonce + ciphertext of the current gallery."""
+        templates = [t for member in sorted(self._members) for t in self._members[member]]
+        member_ids = sorted(self._members)
+        member_index = {m: i for i, m in enumerate(member_ids)}
+        n = len(templates)
+        header = json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "version": self._version,
+                "dim": self._dim,
+                "count": n,
+                "members": member_ids,
+                "sources": list(SOURCES),
+                "saved": time.time(),
+            },
+            separators=(",", ":"),
+        ).encode()
+        ids = b"".join(bytes.fromhex(t.id) for t in templates)
+        members = np.fromiter((member_index[t.member_id] for t in templates), dtype="<u4", count=n)
+        created = np.fromiter((t.created for t in templates), dtype="<f8", count=n)
+        sources = np.fromiter((SOURCES.index(t.source) for t in templates), dtype="u1", count=n)
+        matrix = (
+            np.stack([t.embedding for t in templates]).astype("<f4", copy=False)
+            if n
+            else np.zeros((0, self._dim), dtype="<f4")
+        )
+        plaintext = b"".join(
+            [
+                struct.pack(">I", len(header)),
+                header,
+                ids,
+                members.tobytes(),
+                created.tobytes(),
+                sources.tobytes(),
+                matrix.tobytes(),
+            ]
+        )
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, plaintext, ASSOCIATED_DATA)
+
+    def _decode(self, blob: bytes) -> tuple[dict[str, list[Template]], int, int]:
+        where = f"gallery file {self.path}"
+        if len(blob) < len(MAGIC) + NONCE_SIZE + TAG_SIZE:
+            raise GalleryError(f"{where} is truncated ({len(blob)} bytes); it was left untouched")
+        if blob[: len(MAGIC)] != MAGIC:
+            raise GalleryError(f"{where} is not a tillface gallery (bad magic); it was left untouched")
+        nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_SIZE]
+        try:
+            plaintext = self._aead.decrypt(nonce, blob[len(MAGIC) + NONCE_SIZE :], ASSOCIATED_DATA)
+        except InvalidTag:
+            raise GalleryError(
+                f"{where} cannot be decrypted: wrong key, or the file is corrupt or truncated; "
+                "it was left untouched"
+            ) from None
+        try:
+            return self._parse(plaintext)
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            # Authenticated but unreadable: written by a newer or broken version.
+            raise GalleryError(f"{where} has an invalid layout ({exc}); it was left untouched") from None
+
+    @staticmethod
+    def _parse(plaintext: bytes) -> tuple[dict[str, list[Template]], int, int]:
+        (header_len,) = struct.unpack_from(">I", plaintext, 0)
+        header = json.loads(plaintext[4 : 4 + header_len])
+        if header["format"] != FORMAT_VERSION:
+            raise ValueError(f"format {header['format']} is not supported")
+        n, dim, version = int(header["count"]), int(header["dim"]), int(header["version"])
+        member_ids: list[str] = [str(m) for m in header["members"]]
+        sources: list[str] = [str(s) for s in header["sources"]]
+        if not set(sources) <= set(SOURCES):
+            raise ValueError(f"unknown template source in {sources}")
+        offset = 4 + header_len
+        sizes = [16 * n, 4 * n, 8 * n, n, 4 * n * dim]
+        if len(plaintext) != offset + sum(sizes):
+            raise ValueError(f"{len(plaintext) - offset} payload bytes for {n} templates of {dim} floats")
+        parts = []
+        for size in sizes:
+            parts.append(plaintext[offset : offset + size])
+            offset += size
+        ids = parts[0]
+        members = np.frombuffer(parts[1], dtype="<u4")
+        created = np.frombuffer(parts[2], dtype="<f8")
+        source_idx = np.frombuffer(parts[3], dtype="u1")
+        matrix = np.frombuffer(parts[4], dtype="<f4").reshape(n, dim).astype(np.float32)
+        if n and (members.max() >= len(member_ids) or source_idx.max() >= len(sources)):
+            raise ValueError("index out of range")
+        if not np.all(np.isfinite(matrix)):
+            raise ValueError("non-finite embedding")
+        matrix.setflags(write=False)
+        source_names = [cast(Source, s) for s in sources]  # checked above
+        out: dict[str, list[Template]] = {}
+        for i, (m, ts, si, row) in enumerate(
+            zip(members.tolist(), created.tolist(), source_idx.tolist(), matrix, strict=True)
+        ):
+            member = member_ids[m]
+            template = Template(ids[16 * i : 16 * i + 16].hex(), member, row, ts, source_names[si])
+            out.setdefault(member, []).append(template)
+        return out, version, dim
+
+    # -------------------------------------------------------------- changes
+
+    def upsert(
+        self,
+        member_id: str,
+        embeddings: np.ndarray,
+        source: Source,
+        *,
+        replace: bool = False,
+        persist: bool = True,
+    ) -> list[str]:
+        """Add templates (rows of `embeddings`, shape (k, dim)) to a member, creating the member if new.
+
+        `replace=True` drops the member's existing templates first. Rows are L2-normalised. The file is
+        rewritten at once unless `persist=False` (for bulk imports: call `save()` at the end). Returns
+        the new template ids.
+        """
+        _check_member_id(member_id)
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        rows = np.asarray(embeddings, dtype=np.float32)
+        if rows.ndim == 1:
+            rows = rows[None, :]
+        if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] != self._dim:
+            raise ValueError(f"embeddings must have shape (k>=1, {self._dim}), got {rows.shape}")
+        if not np.isfinite(rows).all():
+            raise ValueError("embeddings contain non-finite values")
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        if not (norms > 1e-6).all():
+            raise ValueError("an embedding has zero length")
+        rows = (rows / norms).astype(np.float32)
+        rows.setflags(write=False)
+        now = time.time()
+        new = [
+            Template(tid, member_id, row, now, source)
+            for tid, row in zip(_uuid4_hex(len(rows)), rows, strict=True)
+        ]
+        with self._lock:
+            self._require_loaded("change it")
+            existing = [] if replace else self._members.get(member_id, [])
+            self._matcher_cache = None
+            self._members[member_id] = [*existing, *new]
+            self._version += 1
+            audit_log.info(
+                "gallery upsert member=%s templates_added=%d templates_total=%d replace=%s "
+                "version=%d source=%s",
+                member_id,
+                len(new),
+                len(self._members[member_id]),
+                replace,
+                self._version,
+                source,
+            )
+            if persist:
+                self.save()
+        return [t.id for t in new]
+
+    def erase(self, member_id: str, *, source: str = "erase") -> bool:
+        """Remove a member from memory and rewrite the file at once (DESIGN §6 rule 5).
+
+        Returns False (and changes nothing) when the member is unknown. `source` is recorded in the
+        audit line (e.g. "cmd", "sync").
+        """
+        with self._lock:
+            self._require_loaded("change it")
+            removed = self._members.get(member_id)
+            if removed is None:
+                audit_log.info(
+                    "gallery erase member=%s templates=0 found=false version=%d source=%s",
+                    member_id,
+                    self._version,
+                    source,
+                )
+                return False
+            self._matcher_cache = None
+            del self._members[member_id]
+            self._version += 1
+            audit_log.info(
+                "gallery erase member=%s templates=%d found=true version=%d source=%s",
+                member_id,
+                len(removed),
+                self._version,
+                source,
+            )
+            self.save()
+            return True
+
+    # -------------------------------------------------------------- search
+
+    def matcher(self) -> Matcher:
+        """A `Matcher` over the current templates; cached until the next change."""
+        cached = self._matcher_cache
+        if cached is not None and cached[0] == self._version:
+            return cached[1]
+        with self._lock:
+            cached = self._matcher_cache
+            if cached is not None and cached[0] == self._version:
+                return cached[1]
+            templates = [t for member in self._members.values() for t in member]
+            matrix = (
+                np.stack([t.embedding for t in templates])
+                if templates
+                else np.zeros((0, self._dim), dtype=np.float32)
+            )
+            matcher = Matcher(matrix, [t.member_id for t in templates])
+            self._matcher_cache = (self._version, matcher)
+            return matcher
+
+    def stats(self) -> Mapping[str, int]:
+        """For health messages: version, members, templates."""
+        with self._lock:
+            return {"version": self._version, "members": len(self._members), "templates": self.size}
+
+
+def _uuid4_hex(count: int) -> list[str]:
+    """`count` random (version 4) UUIDs as hex, in one batch."""
+    raw = np.frombuffer(os.urandom(16 * count), dtype=np.uint8).reshape(count, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    return [row.tobytes().hex() for row in raw]
+
+
+def _check_member_id(member_id: str) -> None:
+    if not isinstance(member_id, str) or not member_id or len(member_id) > MAX_MEMBER_ID_LENGTH:
+        raise ValueError(f"member id must be a string of 1..{MAX_MEMBER_ID_LENGTH} characters")
+    if not member_id.isprintable() or member_id != member_id.strip():
+        raise ValueError("member id must be printable without surrounding spaces")
