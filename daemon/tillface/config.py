@@ -165,7 +165,7 @@ class CameraConfig(Section):
 
 class VisionConfig(Section):
     detector: Literal["short", "full"] = Field(
-        default="full", description="BlazeFace model: short (faces within ~2 m) or full range"
+        default="short", description="BlazeFace model: short (faces within ~2 m) or full range"
     )
     embedder: str = Field(
         default="dlib-resnet-v1-int8",
@@ -183,7 +183,7 @@ class QualityConfig(Section):
         default=24.0, ge=0.0, le=1000.0, description="minimum distance between the eyes in the frame, pixels"
     )
     max_yaw_deg: float = Field(
-        default=30.0, ge=0.0, le=90.0, description="maximum left/right head turn, degrees"
+        default=35.0, ge=0.0, le=90.0, description="maximum left/right head turn, degrees"
     )
     max_pitch_deg: float = Field(
         default=25.0, ge=0.0, le=90.0, description="maximum up/down head tilt, degrees"
@@ -215,10 +215,10 @@ class QualityConfig(Section):
 
 class RecognitionConfig(Section):
     match_threshold: float = Field(
-        default=0.55, ge=-1.0, le=1.0, description="minimum cosine similarity of the best member for a match"
+        default=0.96, ge=-1.0, le=1.0, description="minimum cosine similarity of the best member for a match"
     )
     margin: float = Field(
-        default=0.05, ge=0.0, le=1.0, description="minimum cosine gap between best and next member"
+        default=0.02, ge=0.0, le=1.0, description="minimum cosine gap between best and next member"
     )
     min_frames: int = Field(default=3, ge=1, le=100, description="good frames needed before deciding")
     decision_timeout_ms: int = Field(
@@ -231,6 +231,12 @@ class RecognitionConfig(Section):
         default=1500, ge=100, le=60000, description="close the visit after no face for this long, ms"
     )
     allow_upgrade: bool = Field(default=True, description="allow one later, better decision per visit")
+    same_person_threshold: float = Field(
+        default=0.9,
+        ge=-1.0,
+        le=1.0,
+        description="cosine above which a face that takes over a visit is the same customer",
+    )
     enroll_ttl_s: int = Field(
         default=120, ge=10, le=3600, description="seconds a visitor's embeddings stay in RAM for enrolment"
     )

@@ -37,13 +37,15 @@ class Matcher:
             raise ValueError(f"templates must be a 2-D matrix, got shape {templates.shape}")
         if len(member_ids) != templates.shape[0]:
             raise ValueError(f"{templates.shape[0]} templates but {len(member_ids)} member ids")
-        norms = np.linalg.norm(templates, axis=1, keepdims=True)
-        if templates.shape[0] and not np.all(norms > 0):
+        ids = list(member_ids)
+        order = sorted(range(len(ids)), key=ids.__getitem__)  # group rows by member for the per-member max
+        # One copy of the matrix (the sorted one), normalised in place: ~1× the gallery in extra memory.
+        self._templates = templates[order] if ids else templates.copy()
+        norms = np.linalg.norm(self._templates, axis=1, keepdims=True)
+        if len(ids) and not np.all(norms > 0):
             raise ValueError("a template has zero length")
-        ids = np.asarray(list(member_ids), dtype=object)
-        order = np.argsort(ids, kind="stable")  # group rows by member for the per-member max
-        self._templates = np.ascontiguousarray(templates[order] / np.where(norms[order] > 0, norms[order], 1))
-        sorted_ids = ids[order]
+        self._templates /= np.where(norms > 0, norms, 1)
+        sorted_ids = np.asarray([ids[i] for i in order], dtype=object)
         if len(sorted_ids):
             starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
         else:

@@ -1,0 +1,294 @@
+"""The daemon: wires camera → vision → tracker → visits → sinks. The only module that knows them all.
+
+Threads: the camera worker (newest frame only) and this loop, which owns the interpreters. Signals
+only set flags; the loop acts on them between frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .camera import CameraWorker, Frame, make_source
+from .config import Config, ConfigError, load_config
+from .events import JsonlSink, event_record, latency_ms, log_decision
+from .recognition.enrolment import EnrolmentCache
+from .recognition.gallery import GalleryError, GalleryStore, load_key
+from .recognition.tracker import FaceTracker, Track, customer
+from .recognition.visitor_codes import VisitorCodes
+from .recognition.visits import DecisionRules, VisitEvent, VisitManager
+from .vision.pipeline import FacePipeline
+from .vision.quality import gate
+
+log = logging.getLogger("tillface")
+
+
+def open_gallery(config: Config, config_path: Path | None) -> GalleryStore:
+    """Load the gallery; a missing or unsafe key is a configuration error naming `gallery.key_file`."""
+    try:
+        key = load_key(config.gallery.key_file, config.gallery.key_credential)
+    except GalleryError as exc:
+        raise ConfigError(f"{config_path or 'config'}: gallery.key_file: {exc}") from None
+    gallery = GalleryStore(config.gallery.file, key)
+    gallery.load()
+    return gallery
+
+
+def face_area(track: Track) -> float:
+    x0, y0, x1, y1 = track.detection.box
+    return float(max(0.0, x1 - x0) * max(0.0, y1 - y0))
+
+
+def pid_file(config: Config) -> Path:
+    return config.unit.state_dir / "tillface.pid"
+
+
+def decision_rules(config: Config) -> DecisionRules:
+    r = config.recognition
+    return DecisionRules(
+        match_threshold=r.match_threshold,
+        margin=r.margin,
+        min_frames=r.min_frames,
+        decision_timeout_ms=r.decision_timeout_ms,
+        fuse_best_n=r.fuse_best_n,
+        allow_upgrade=r.allow_upgrade,
+        same_person_threshold=r.same_person_threshold,
+        rebind_grace_s=r.leave_after_ms / 1000.0,
+    )
+
+
+def roi_pixels(config: Config, width: int, height: int) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = config.camera.roi
+    return x0 * width, y0 * height, x1 * width, y1 * height
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    frames_with_face: int = 0
+    embeddings: int = 0
+    events: int = 0
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None = None,
+        events_jsonl: Path | None = None,
+        lockstep_replay: bool = False,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.stats = RunStats()
+        self.latencies_ms: deque[float] = deque(maxlen=500)
+        self.loop_heartbeat = time.monotonic()
+        self.last_status = ""
+
+        config.unit.state_dir.mkdir(parents=True, exist_ok=True)
+        self.gallery = open_gallery(config, config_path)
+        self.pipeline = FacePipeline.from_manifest(
+            detector=config.vision.detector,
+            embedder=config.vision.embedder,
+            num_threads=config.vision.num_threads,
+            score_threshold=config.vision.detector_score_threshold,
+        )
+        self.enrolments = EnrolmentCache(config.recognition.enroll_ttl_s)
+        self.visits = VisitManager(
+            decision_rules(config),
+            matcher=self.gallery.matcher,
+            gallery_version=lambda: self.gallery.version,
+            codes=VisitorCodes(),
+            enrolments=self.enrolments,
+            model_id=config.vision.embedder,
+            emit=self._on_event,
+        )
+        self.tracker = FaceTracker(max_age_s=config.recognition.leave_after_ms / 1000.0)
+        self._jsonl = JsonlSink(events_jsonl) if events_jsonl else None
+        lockstep = lockstep_replay and config.camera.source_kind == "replay"
+        self.camera = CameraWorker(
+            make_source(config.camera, realtime_replay=not lockstep),
+            rotation=config.camera.rotation,
+            backoff_s=config.camera.reopen_backoff_s,
+            lockstep=lockstep,
+        )
+        for warning in config.warnings():
+            log.warning("%s", warning)
+
+    # ---- control (called from signal handlers or other threads) ----
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    # ---- the loop ----
+    def run(self) -> int:
+        log.info(
+            "tillface running: camera %s, gallery %d members / %d templates (version %d), models %s",
+            self.config.camera.source,
+            len(self.gallery.members()),
+            self.gallery.size,
+            self.gallery.version,
+            self.pipeline.model_ids,
+        )
+        self.camera.start()
+        last_ts = 0.0
+        camera_ok = True
+        try:
+            while not self._stop.is_set():
+                self.loop_heartbeat = time.monotonic()
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                frame = self.camera.newest(timeout=0.25)
+                if frame is None:
+                    state = self.camera.status.state
+                    if state == "finished" or self.camera.finished:
+                        break
+                    if state == "reconnecting" and camera_ok:
+                        camera_ok = False
+                        self.visits.close_all(last_ts)  # nobody can be seen: the visit is over
+                    continue
+                camera_ok = True
+                last_ts = frame.ts
+                self.process(frame)
+                self.enrolments.purge()
+        finally:
+            self.visits.close_all(last_ts)
+            self.camera.stop()
+            if self._jsonl:
+                self._jsonl.close()
+        log.info(
+            "tillface stopped: %d frames, %d with a face, %d embeddings, %d events",
+            self.stats.frames,
+            self.stats.frames_with_face,
+            self.stats.embeddings,
+            self.stats.events,
+        )
+        return 0
+
+    def process(self, frame: Frame) -> None:
+        image, ts = frame.image, frame.ts
+        self.stats.frames += 1
+        h, w = image.shape[:2]
+        x0, y0, x1, y1 = roi_pixels(self.config, w, h)
+        faces = [
+            d
+            for d in self.pipeline.detect(image)
+            if x0 <= (d.box[0] + d.box[2]) / 2 <= x1 and y0 <= (d.box[1] + d.box[3]) / 2 <= y1
+        ]
+        seen = self.tracker.update(faces, ts)
+        for gone in self.tracker.expire(ts):
+            self.visits.leave(gone.id, ts)
+        person = customer(seen, w, h)
+        if person is None:
+            return
+        active = self.visits.active
+        if active is not None and person.id != active.track_id:
+            current = next((t for t in seen if t.id == active.track_id), None)
+            if current is not None:
+                # The customer stays the customer while seen, unless someone far nearer steps in.
+                if face_area(person) < 2.0 * face_area(current):
+                    person = current
+                else:
+                    self.visits.end(ts)
+        self.stats.frames_with_face += 1
+        visit = self.visits.visit_for(person.id, ts, frame.captured)
+        if self.visits.wants_embedding(visit):
+            chip, quality = self.pipeline.assess(image, person.detection)
+            reason = gate(quality, self.config.quality)
+            # Until a good frame arrives, poor ones (but never too small) are kept as a fallback, so
+            # that a customer who never faces the camera squarely still gets a decision.
+            fallback = reason not in (None, "too small") and visit.decision is None and not visit.good_frames
+            if reason is None or fallback:
+                embedding = self.pipeline.embedder.embed(chip)
+                self.stats.embeddings += 1
+                visit = self.visits.add(visit, embedding, quality.score, good=reason is None)
+                self.visits.refresh_enrolment(visit)
+            del chip  # the crop never outlives this frame (privacy rule 1)
+        self.visits.step(visit, ts)
+
+    def _on_event(self, event: VisitEvent) -> None:
+        record = event_record(event, self.config.unit.store_id, self.config.unit.till_id)
+        latency = latency_ms(event)
+        if latency is not None and event.event in ("match", "visitor"):
+            self.latencies_ms.append(latency)
+            record["latency_ms"] = round(latency, 1)
+        self.stats.events += 1
+        log_decision(record, latency)
+        if self._jsonl:
+            self._jsonl.write(record)
+
+    def reload(self) -> None:
+        """SIGHUP: apply thresholds, quality and display settings without dropping the camera."""
+        if self.config_path is None:
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        restart_needed = [
+            name
+            for name in ("unit", "camera", "vision", "gallery")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
+        if restart_needed:
+            log.warning(
+                "reload: changes to [%s] need a restart; they are not applied", ", ".join(restart_needed)
+            )
+        self.config = self.config.model_copy(
+            update={"recognition": new.recognition, "quality": new.quality, "display": new.display}
+        )
+        self.visits.rules = decision_rules(self.config)
+        self.tracker.max_age_s = self.config.recognition.leave_after_ms / 1000.0
+        self.enrolments.ttl_s = self.config.recognition.enroll_ttl_s
+        log.info(
+            "reloaded %s: match_threshold %.3f, margin %.3f",
+            self.config_path,
+            self.config.recognition.match_threshold,
+            self.config.recognition.margin,
+        )
+
+    def health(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
+        cam = self.camera.status
+        return {
+            "camera": cam.state,
+            "frames": self.stats.frames,
+            "dropped": cam.dropped,
+            "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat is not None else None,
+            "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat is not None else None,
+            "gallery_version": self.gallery.version,
+            "gallery_size": self.gallery.size,
+            "pid": os.getpid(),
+        }
+
+
+def run_daemon(config_path: Path, events_jsonl: Path | None = None, lockstep_replay: bool = False) -> int:
+    config = load_config(config_path)
+    daemon = Daemon(config, config_path, events_jsonl, lockstep_replay=lockstep_replay)
+    daemon.install_signal_handlers()
+    pid = pid_file(config)
+    pid.write_text(f"{os.getpid()}\n", encoding="ascii")
+    try:
+        return daemon.run()
+    finally:
+        pid.unlink(missing_ok=True)

@@ -1,0 +1,338 @@
+"""The `tillface` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
+
+EXIT_USAGE = 64
+EXIT_DATAERR = 65
+EXIT_SOFTWARE = 70
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops restart loops on a bad config
+
+
+def _default_faces() -> Path:
+    return Path(os.environ.get("TILLFACE_FACES", "../shared/faces-dev"))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.runner import StillPipeline, TillfaceStillPipeline, format_report, run_eval, write_json
+
+    images = args.images or _default_faces()
+    labels = args.labels or images / "labels.csv"
+    if not labels.is_file():
+        print(f"tillface eval: labels file {labels} does not exist (give --labels)", file=sys.stderr)
+        return EXIT_DATAERR
+
+    def make_pipeline() -> StillPipeline:
+        if args.pipeline == "dlib-reference":
+            from .evaluation.reference import DlibReferencePipeline
+
+            return DlibReferencePipeline()
+        from .vision.pipeline import FacePipeline
+
+        return TillfaceStillPipeline(
+            FacePipeline.from_manifest(detector=args.detector, num_threads=args.threads)
+        )
+
+    result = run_eval(make_pipeline, images, labels, limit=args.limit, progress=not args.quiet)
+    print(format_report(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        from .evaluation.plot import plot_det
+
+        plot_det(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, format_bench, run_bench
+
+    result = run_bench(
+        BenchOptions(
+            frames=args.frames,
+            threads=args.threads,
+            detector=args.detector,
+            image=args.image,
+            with_dlib=not args.no_dlib,
+        )
+    )
+    print(format_bench(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import ModelError, load_manifest
+
+    try:
+        manifest = load_manifest(args.dir)
+        for entry in manifest.models:
+            if args.action == "verify":
+                manifest.verify(entry.id)
+                print(f"ok  {entry.id:<22} {entry.file}  sha256 {entry.sha256[:16]}…  ({entry.licence})")
+            else:
+                print(f"{entry.id:<22} {entry.kind:<9} {entry.quantization:<40} {entry.licence}")
+    except ModelError as exc:
+        print(f"tillface models: {exc}", file=sys.stderr)
+        return EXIT_DATAERR
+    return 0
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load(path: Path) -> Config:
+    from .config import load_config
+
+    return load_config(path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"{args.config}: ok (store {config.unit.store_id}, till {config.unit.till_id}, "
+        f"camera {config.camera.source})"
+    )
+    for warning in config.warnings():
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create the state folder and the gallery key if missing (idempotent)."""
+    from .config import ConfigError
+    from .recognition.gallery import create_key_file
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    config.unit.state_dir.mkdir(parents=True, exist_ok=True)
+    key = config.gallery.key_file
+    if key.exists():
+        print(f"gallery key {key} exists; left as it is")
+    else:
+        create_key_file(key)
+        print(f"created gallery key {key} (mode 0600)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import run_daemon
+    from .config import ConfigError
+    from .recognition.gallery import GalleryError
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(config.unit.log_level)
+    try:
+        return run_daemon(args.config, args.events_jsonl, lockstep_replay=args.lockstep)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    except GalleryError as exc:
+        print(f"tillface run: {exc}", file=sys.stderr)
+        return EXIT_DATAERR
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    import signal
+
+    from .app import pid_file
+    from .config import ConfigError
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"not reloading: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    pid_path = pid_file(config)
+    try:
+        pid = int(pid_path.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        print(f"tillface reload: no running daemon (no live pid in {pid_path})", file=sys.stderr)
+        return EXIT_SOFTWARE
+    print(f"sent SIGHUP to tillface (pid {pid})")
+    return 0
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from .app import open_gallery
+    from .config import ConfigError
+    from .recognition.gallery import GalleryError
+
+    try:
+        config = _load(args.config)
+        gallery = open_gallery(config, args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    except GalleryError as exc:
+        print(f"tillface gallery: {exc}", file=sys.stderr)
+        return EXIT_DATAERR
+    if args.action == "list":
+        for member in gallery.members():
+            print(f"{member}\t{len(gallery.templates_of(member))} templates")
+        print(f"{len(gallery.members())} members, {gallery.size} templates, version {gallery.version}")
+        return 0
+    if args.action == "erase":
+        if not gallery.erase(args.member_id):
+            print(f"tillface gallery erase: member {args.member_id} is not in the gallery", file=sys.stderr)
+            return EXIT_DATAERR
+        print(f"erased {args.member_id} (gallery version {gallery.version})")
+        return 0
+    from .enrol import import_photos
+
+    return import_photos(gallery, config, args.images, args.labels, progress=not args.quiet)
+
+
+def cmd_demo_replay(args: argparse.Namespace) -> int:
+    """Render the demo's replay from the registry-shipped portrait: the same customer visits twice."""
+    import csv
+
+    import cv2
+
+    from .demo_data import astronaut_photo
+    from .imageio import read_rgb
+    from .scenario import ScriptedVisit, render_visits
+
+    photo_path = astronaut_photo()
+    photo = read_rgb(photo_path)
+    # The second visit: mirrored and a little darker, as if she came back another day.
+    again = cv2.convertScaleAbs(photo[:, ::-1], alpha=0.85, beta=0)
+    truth = render_visits(
+        [ScriptedVisit(photo, "astronaut"), ScriptedVisit(again, "astronaut")], args.out, fps=args.fps
+    )
+    with open(args.out / "enrol.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "identity"])
+        writer.writerow([photo_path.name, "member-0001"])
+    frames = truth[-1].last_frame + 1 + int(2.0 * args.fps)
+    print(
+        f"rendered {frames} frames ({len(truth)} visits) to {args.out}; "
+        f"enrolment photo list {args.out / 'enrol.csv'}"
+    )
+    print(f"photos folder for the enrolment: {photo_path.parent}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tillface", description="Face recognition for loyalty members at a till."
+    )
+    parser.add_argument("--version", action="version", version=f"tillface {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="accuracy and speed on a labelled photo folder (DESIGN §7)")
+    p.add_argument(
+        "--images", type=Path, help="image folder (default $TILLFACE_FACES or ../shared/faces-dev)"
+    )
+    p.add_argument(
+        "--labels", type=Path, help="labels CSV: path,identity[,source,tags] (default IMAGES/labels.csv)"
+    )
+    p.add_argument("--pipeline", choices=["tillface", "dlib-reference"], default="tillface")
+    p.add_argument("--detector", choices=["short", "full"], default="short", help="BlazeFace variant")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit", type=int, help="only the first N labelled images (quick checks)")
+    p.add_argument("--json", type=Path, help="write all figures as JSON")
+    p.add_argument("--plot", type=Path, help="write the DET curve (FNIR vs FPIR) as PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "bench", help="pipeline latency, gallery search, memory, and the dlib pipeline for scale"
+    )
+    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--detector", choices=["short", "full"], default="short")
+    p.add_argument(
+        "--image", type=Path, help="photo to build the frames from (default: bundled demo portrait)"
+    )
+    p.add_argument("--no-dlib", action="store_true", help="skip the dlib reference pipeline")
+    p.add_argument("--json", type=Path)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--events-jsonl", type=Path, help="also append every event as one JSON line to this file")
+    p.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="replay sources only: process every frame, as fast as possible (reproducible experiments)",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file (exit 78 if invalid)")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("init", help="create the state folder and gallery key of a config (idempotent)")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("reload", help="make the running daemon re-read its config (SIGHUP)")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("gallery", help="the local member gallery: list, import consented photos, erase")
+    gsub = p.add_subparsers(dest="action", required=True)
+    g = gsub.add_parser("list")
+    g.add_argument("--config", type=Path, required=True)
+    g = gsub.add_parser("import", help="enrol members from consented photos (CSV: path,identity)")
+    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("--images", type=Path, required=True)
+    g.add_argument("--labels", type=Path, required=True)
+    g.add_argument("--quiet", action="store_true")
+    g = gsub.add_parser("erase")
+    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("member_id")
+    p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser("demo-replay", help="render the demo replay (two visits) from the bundled portrait")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--fps", type=int, default=15)
+    p.set_defaults(func=cmd_demo_replay)
+
+    p = sub.add_parser("models", help="list the installed models or verify them against the manifest")
+    p.add_argument("action", choices=["list", "verify"])
+    p.add_argument("--dir", type=Path, help="models folder (default: the installed one)")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up tillface in ./.venv on a fresh Debian / Raspberry Pi OS machine.
+#   scripts/setup.sh          the unit, the reference pipeline and the demo data (for `tillface bench`)
+#   scripts/setup.sh --dev    the same plus the test and lint tools
+# Idempotent: a second run only checks. Models are committed in models/ and checked against the manifest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="reference,demo"
+[[ "${1:-}" == "--dev" ]] && extras="dev,demo"
+
+need_apt=()
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "tillface needs Python 3.11 or newer (found $(python3 --version 2>&1))" >&2; exit 1; }
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+if ((${#need_apt[@]})); then
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
+fi
+
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+stamp=".venv/.tillface-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
+if [[ ! -f "$stamp" ]]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[$extras]"
+  touch "$stamp"
+fi
+.venv/bin/tillface models verify

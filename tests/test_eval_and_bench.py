@@ -1,0 +1,84 @@
+"""`tillface eval` and `tillface bench` run end to end on real photos and report sane figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+
+def small_set(faces_dir, out):
+    """ORL (20 people × 10) plus 60 single-photo LFW people (the non-mated probes)."""
+    with open(faces_dir / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    orl = [r for r in rows if r["source"] == "orl_att_faces"]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["identity"]] = counts.get(r["identity"], 0) + 1
+    singles = [r for r in rows if r["tags"] == "lfw_250_full" and counts[r["identity"]] == 1][:60]
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(orl + singles)
+    return len(orl) + len(singles)
+
+
+def test_eval_reports_the_protocol_figures(faces_dir, tmp_path):
+    labels = tmp_path / "labels.csv"
+    n = small_set(faces_dir, labels)
+    out = tmp_path / "eval.json"
+    plot = tmp_path / "det.png"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tillface",
+            "eval",
+            "--images",
+            str(faces_dir),
+            "--labels",
+            str(labels),
+            "--json",
+            str(out),
+            "--plot",
+            str(plot),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "match_threshold =" in run.stdout
+    r = json.loads(out.read_text())
+    assert r["images"] == n
+    assert r["identification"]["failures_to_acquire"] == 0
+    assert r["verification"]["accuracy"] >= 0.95
+    assert r["identification"]["rank1"] >= 0.95
+    assert 0.0 <= r["identification"]["fnir_at_fpir_0.01"] <= 1.0
+    for key in ("detect_p50", "embed_p50", "total_p50", "total_p95"):
+        assert r["speed_ms"][key] > 0
+    assert "source=orl_att_faces" in r["breakdown"]
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_reports_its_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "tillface", "bench", "--frames", "30", "--json", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    r = json.loads(out.read_text())
+    assert r["frames_with_face"] == r["frames"] == 30
+    for key in (
+        "pipeline_ms_p50",
+        "pipeline_ms_p95",
+        "dlib_pipeline_ms_p50",
+        "speedup_vs_dlib",
+        "search_ms_p50_100k",
+        "peak_rss_mb",
+    ):
+        assert r[key] > 0, key
+    assert r["dlib_frames_with_face"] > 0

@@ -1,0 +1,149 @@
+"""Visit logic on synthetic embeddings: one decision per visit, upgrade once, left, enrolment window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tillface.recognition.enrolment import EnrolmentCache, EnrolmentError
+from tillface.recognition.matcher import Matcher
+from tillface.recognition.visitor_codes import VisitorCodes
+from tillface.recognition.visits import DecisionRules, VisitEvent, VisitManager
+
+RULES = DecisionRules(
+    match_threshold=0.8,
+    margin=0.05,
+    min_frames=3,
+    decision_timeout_ms=1500,
+    fuse_best_n=5,
+    allow_upgrade=True,
+)
+
+
+def unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def setup():
+    rng = np.random.default_rng(3)
+    anna = unit(rng.standard_normal(16))
+    bob = unit(rng.standard_normal(16))
+    matcher = Matcher(np.stack([anna, bob]), ["anna", "bob"])
+    events: list[VisitEvent] = []
+    clock = Clock()
+    enrol = EnrolmentCache(ttl_s=120, clock=clock)
+    manager = VisitManager(RULES, lambda: matcher, lambda: 7, VisitorCodes(), enrol, "m1", events.append)
+    return manager, events, anna, bob, rng, enrol, clock
+
+
+def near(v, rng, noise=0.1):
+    return unit(v + noise * rng.standard_normal(v.shape) / np.sqrt(v.shape[0]))
+
+
+def test_member_matched_once_then_left(setup):
+    manager, events, anna, _bob, rng, _enrol, _clock = setup
+    for i in range(10):
+        visit = manager.visit_for(1, i / 15)
+        if manager.wants_embedding(visit):
+            manager.add(visit, near(anna, rng), 0.8)
+        manager.step(visit, i / 15)
+    manager.leave(1, 2.0)
+    assert [e.event for e in events] == ["match", "left"]
+    match = events[0].payload
+    assert match["member_id"] == "anna" and match["frames"] == 3 and match["gallery_version"] == 7
+    assert events[1].payload["duration_s"] == pytest.approx(9 / 15, abs=0.01)
+
+
+def test_stranger_gets_a_visitor_code_and_can_be_enrolled(setup):
+    manager, events, anna, bob, rng, enrol, _clock = setup
+    stranger = unit(anna - bob + rng.standard_normal(16))
+    for i in range(4):
+        visit = manager.visit_for(2, i / 15)
+        manager.add(visit, near(stranger, rng), 0.7)
+        manager.step(visit, i / 15)
+    assert [e.event for e in events] == ["visitor"]
+    code = events[0].payload["visitor_code"]
+    pending = enrol.take(code)
+    templates = pending.templates()
+    assert templates.shape[1] == 16 and np.allclose(np.linalg.norm(templates, axis=1), 1, atol=1e-5)
+    assert float(templates[0] @ stranger) > 0.95
+    with pytest.raises(EnrolmentError, match="unknown or its enrolment window"):
+        enrol.take(code)
+
+
+def test_visitor_embeddings_are_dropped_after_the_ttl(setup):
+    manager, events, anna, bob, rng, enrol, clock = setup
+    stranger = unit(anna - bob)
+    for i in range(3):
+        visit = manager.visit_for(3, i / 15)
+        manager.add(visit, near(stranger, rng), 0.7)
+        manager.step(visit, i / 15)
+    code = events[0].payload["visitor_code"]
+    assert code in enrol
+    clock.t += 121
+    assert enrol.purge() == 1
+    assert code not in enrol
+
+
+def test_timeout_decides_with_fewer_frames(setup):
+    manager, events, anna, _bob, rng, _enrol, _clock = setup
+    visit = manager.visit_for(4, 0.0)
+    manager.add(visit, near(anna, rng), 0.5)
+    manager.step(visit, 0.0)
+    assert events == []
+    for ts in (0.5, 1.0, 1.49):
+        manager.step(manager.visit_for(4, ts), ts)
+    assert events == []
+    manager.step(manager.visit_for(4, 1.5), 1.5)
+    assert [e.event for e in events] == ["match"] and events[0].payload["frames"] == 1
+
+
+def test_poor_frames_only_still_give_one_decision_and_weigh_less(setup):
+    manager, events, anna, _bob, rng, _enrol, _clock = setup
+    visit = manager.visit_for(5, 0.0)
+    for i in range(5):
+        manager.add(visit, near(anna, rng), 0.9, good=False)
+        manager.step(manager.visit_for(5, i * 0.1), i * 0.1)
+    assert events == [], "poor frames alone must not reach min_frames"
+    manager.step(manager.visit_for(5, 1.6), 1.6)
+    assert [e.event for e in events] == ["match"]
+    assert visit.good_frames == 0
+
+
+def test_visitor_upgraded_once_to_a_match(setup):
+    manager, events, anna, _bob, rng, enrol, _clock = setup
+    blurred = [near(anna, rng, noise=3.0) for _ in range(3)]  # far from anna: visitor
+    visit = manager.visit_for(6, 0.0)
+    for i, e in enumerate(blurred):
+        manager.add(visit, e, 0.1)
+        manager.step(visit, i * 0.07)
+    assert [e.event for e in events] == ["visitor"]
+    code = events[0].payload["visitor_code"]
+    for i in range(10):
+        v = manager.visit_for(6, 0.3 + i * 0.07)
+        if manager.wants_embedding(v):
+            manager.add(v, near(anna, rng, noise=0.05), 0.95)
+        manager.step(v, 0.3 + i * 0.07)
+    assert [e.event for e in events] == ["visitor", "match"]
+    assert events[1].payload.get("upgrade") is True and events[1].payload["member_id"] == "anna"
+    assert code not in enrol, "an upgraded visitor's embeddings are not kept for enrolment"
+    manager.leave(6, 2.0)
+    assert [e.event for e in events] == ["visitor", "match", "left"]
+
+
+def test_track_fragment_does_not_decide_at_leave(setup):
+    manager, events, anna, _bob, rng, _enrol, _clock = setup
+    visit = manager.visit_for(7, 0.0)
+    manager.add(visit, near(anna, rng), 0.9)
+    manager.leave(7, 0.2)
+    assert events == []
