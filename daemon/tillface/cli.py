@@ -220,13 +220,22 @@ def cmd_demo_replay(args: argparse.Namespace) -> int:
     import csv
 
     import cv2
+    import numpy as np
 
     from .demo_data import astronaut_photo
     from .imageio import read_rgb
     from .scenario import ScriptedVisit, render_visits
 
+    from .vision.pipeline import FacePipeline, face_size
+
     photo_path = astronaut_photo()
     photo = read_rgb(photo_path)
+    # Frame her like a passport-style photo (face ~45% of the width), as the scripted visits expect.
+    face = max(FacePipeline.from_manifest().detect(photo, pad_if_none=True), key=face_size).box
+    side = int(2.2 * (face[2] - face[0]))
+    cx, cy = int((face[0] + face[2]) / 2), int((face[1] + face[3]) / 2)
+    x0, y0 = max(0, cx - side // 2), max(0, cy - side // 2)
+    photo = np.ascontiguousarray(photo[y0 : y0 + side, x0 : x0 + side])
     # The second visit: mirrored and a little darker, as if she came back another day.
     again = cv2.convertScaleAbs(photo[:, ::-1], alpha=0.85, beta=0)
     truth = render_visits(
