@@ -99,19 +99,20 @@ def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _load(path: Path) -> Config:
-    from .config import load_config
+def _load(path: Path, prefix: str = "") -> Config | None:
+    """The config, or None after printing its one-line error (the caller exits with 78)."""
+    from .config import ConfigError, load_config
 
-    return load_config(path)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{prefix}{exc}", file=sys.stderr)
+        return None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return EXIT_CONFIG
     print(
         f"{args.config}: ok (store {config.unit.store_id}, till {config.unit.till_id}, "
@@ -124,13 +125,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Create the state folder and the gallery key if missing (idempotent)."""
-    from .config import ConfigError
     from .recognition.gallery import create_key_file
 
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return EXIT_CONFIG
     config.unit.state_dir.mkdir(parents=True, exist_ok=True)
     key = config.gallery.key_file
@@ -147,10 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError
     from .recognition.gallery import GalleryError
 
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return EXIT_CONFIG
     _setup_logging(config.unit.log_level)
     try:
@@ -167,12 +163,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     import signal
 
     from .app import pid_file
-    from .config import ConfigError
 
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        print(f"not reloading: {exc}", file=sys.stderr)
+    config = _load(args.config, prefix="not reloading: ")
+    if config is None:
         return EXIT_CONFIG
     pid_path = pid_file(config)
     try:
@@ -190,8 +183,10 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     from .config import ConfigError
     from .recognition.gallery import GalleryError
 
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
     try:
-        config = _load(args.config)
         gallery = open_gallery(config, args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
@@ -225,7 +220,6 @@ def cmd_demo_replay(args: argparse.Namespace) -> int:
     from .demo_data import astronaut_photo
     from .imageio import read_rgb
     from .scenario import ScriptedVisit, render_visits
-
     from .vision.pipeline import FacePipeline, face_size
 
     photo_path = astronaut_photo()
