@@ -32,7 +32,7 @@ def import_photos(
     for row in bar:
         path = images / row["path"]
         try:
-            face = pipeline.process_still(read_rgb(path))
+            face = pipeline.process_still(read_rgb(path), template=True)
         except ImageReadError as exc:
             bar.write(f"skipped {row['path']}: {exc}")
             skipped += 1

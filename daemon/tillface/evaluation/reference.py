@@ -65,6 +65,10 @@ class DlibReferencePipeline:
         self.last_times.embed_ms = (time.perf_counter() - t1) * 1000.0
         return descriptor
 
+    def enrol_still(self, rgb: np.ndarray) -> np.ndarray | None:
+        """face_recognition enrols with the same descriptor it searches with."""
+        return self.embed_still(rgb)
+
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)

@@ -35,6 +35,8 @@ class StillPipeline(Protocol):
 
     def embed_still(self, rgb: np.ndarray) -> np.ndarray | None: ...
 
+    def enrol_still(self, rgb: np.ndarray) -> np.ndarray | None: ...
+
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
 
@@ -57,6 +59,11 @@ class TillfaceStillPipeline:
         face = self.pipeline.process_still(rgb)
         return None if face is None else face.embedding
 
+    def enrol_still(self, rgb: np.ndarray) -> np.ndarray | None:
+        """A gallery template, made as `tillface gallery import` makes it."""
+        face = self.pipeline.process_still(rgb, template=True)
+        return None if face is None else face.embedding
+
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.asarray(a @ b.T, dtype=np.float64)
@@ -67,7 +74,8 @@ class Embedded:
     """What the pipeline made of each image of the set."""
 
     samples: list[Sample]
-    embeddings: np.ndarray  # (n, d); rows of failed images are zero
+    embeddings: np.ndarray  # (n, d) as a probe at the till; rows of failed images are zero
+    templates: np.ndarray  # (n, d) as enrolled, for the open-set gallery images only (others zero)
     failed: np.ndarray  # bool (n,): no face found (failure to acquire) or unreadable
     detect_ms: np.ndarray
     embed_ms: np.ndarray
@@ -78,6 +86,8 @@ def embed_all(
     pipeline: StillPipeline, images_dir: Path, samples: Sequence[Sample], progress: bool = True
 ) -> Embedded:
     vectors: list[np.ndarray | None] = []
+    templates: dict[int, np.ndarray] = {}
+    gallery = set(open_set_split(samples).gallery)
     detect_ms = np.zeros(len(samples))
     embed_ms = np.zeros(len(samples))
     unreadable: list[str] = []
@@ -91,6 +101,10 @@ def embed_all(
         vectors.append(pipeline.embed_still(rgb))
         detect_ms[i] = pipeline.last_times.detect_ms
         embed_ms[i] = pipeline.last_times.embed_ms
+        if i in gallery and vectors[-1] is not None:
+            template = pipeline.enrol_still(rgb)
+            if template is not None:
+                templates[i] = template
     dim = next((v.shape[0] for v in vectors if v is not None), 128)
     matrix = np.zeros((len(samples), dim), dtype=np.float32)
     failed = np.ones(len(samples), dtype=bool)
@@ -98,7 +112,10 @@ def embed_all(
         if v is not None:
             matrix[i] = v
             failed[i] = False
-    return Embedded(list(samples), matrix, failed, detect_ms, embed_ms, unreadable)
+    enrolled = np.zeros_like(matrix)
+    for i, t in templates.items():
+        enrolled[i] = t
+    return Embedded(list(samples), matrix, enrolled, failed, detect_ms, embed_ms, unreadable)
 
 
 def _pair_scores(pipeline: StillPipeline, emb: Embedded, pairs: np.ndarray) -> np.ndarray:
@@ -126,7 +143,7 @@ def score(pipeline: StillPipeline, emb: Embedded) -> dict[str, Any]:
     mated = np.zeros(len(probes), dtype=bool)
     mated[: len(split.mated)] = True
     similarity = (
-        pipeline.similarity(emb.embeddings[probes], emb.embeddings[gallery])
+        pipeline.similarity(emb.embeddings[probes], emb.templates[gallery])
         if len(gallery) and len(probes)
         else np.zeros((len(probes), len(gallery)))
     )

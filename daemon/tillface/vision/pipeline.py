@@ -16,7 +16,7 @@ import numpy as np
 from ..models import Manifest, load_manifest
 from .align import align_to_chip
 from .detector import BlazeFaceDetector, Detection
-from .embedder import Embedder
+from .embedder import Embedder, l2_normalise
 from .exposure import equalise
 from .quality import Quality, measure_quality
 
@@ -117,14 +117,21 @@ class FacePipeline:
         self.last_times.embed_ms = (time.perf_counter() - t0) * 1000.0
         return FaceObservation(detection, quality, embedding)
 
-    def process_still(self, rgb: np.ndarray) -> FaceObservation | None:
+    def process_still(self, rgb: np.ndarray, template: bool = False) -> FaceObservation | None:
         """The main face of a photo (largest), or None when no face is found.
 
         Photos are often tight crops, so the detector retries on a padded image (DESIGN §3).
+        With `template=True` (enrolment) the embedding is the mean of the face and its mirror image:
+        it costs nothing at the till, and on faces-dev's LFW photos it cut 1:N misses at FPIR 0.01 from
+        0.40 to 0.32 (mirroring the probes too added nothing more).
         """
         self.last_times = StageTimes()
         faces = self.detect(rgb, pad_if_none=True)
         if not faces:
             return None
-        main = max(faces, key=face_size)
-        return self.describe(rgb, main)
+        face = self.describe(rgb, max(faces, key=face_size))
+        if template:
+            chip, _ = self.assess(rgb, face.detection)
+            mirrored = self.embedder.embed(np.ascontiguousarray(chip[:, ::-1]))
+            face = FaceObservation(face.detection, face.quality, l2_normalise(face.embedding + mirrored))
+        return face
