@@ -26,6 +26,7 @@ from .recognition.gallery import GalleryError, GalleryStore, load_key
 from .recognition.tracker import FaceTracker, Track, customer
 from .recognition.visitor_codes import VisitorCodes
 from .recognition.visits import DecisionRules, VisitEvent, VisitManager
+from .system.notify import Notifier
 from .vision.pipeline import FacePipeline
 from .vision.quality import gate
 
@@ -86,8 +87,10 @@ class Daemon:
         config_path: Path | None = None,
         events_jsonl: Path | None = None,
         lockstep_replay: bool = False,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self.notifier = notifier or Notifier()
         self.config_path = config_path
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -151,13 +154,25 @@ class Daemon:
         self.camera.start()
         last_ts = 0.0
         camera_ok = True
+        ready = False
+        next_status = 0.0
         try:
             while not self._stop.is_set():
-                self.loop_heartbeat = time.monotonic()
+                self.loop_heartbeat = now = time.monotonic()
+                if ready:
+                    # The loop itself pings the watchdog: a stalled pipeline stops the pings and
+                    # systemd restarts the unit (systemd arms the watchdog once READY=1 is sent).
+                    self.notifier.watchdog(now)
+                    if now >= next_status:
+                        self.notifier.status(self.status_line())
+                        next_status = now + 5.0
                 if self._reload.is_set():
                     self._reload.clear()
                     self.reload()
                 frame = self.camera.newest(timeout=0.25)
+                if not ready and (frame is not None or self.camera.status.state == "reconnecting"):
+                    ready = True
+                    self.notifier.ready(self.status_line())
                 if frame is None:
                     state = self.camera.status.state
                     if state == "finished" or self.camera.finished:
@@ -171,6 +186,7 @@ class Daemon:
                 self.process(frame)
                 self.enrolments.purge()
         finally:
+            self.notifier.stopping()
             self.visits.close_all(last_ts)
             self.camera.stop()
             if self._jsonl:
@@ -265,6 +281,14 @@ class Daemon:
             self.config_path,
             self.config.recognition.match_threshold,
             self.config.recognition.margin,
+        )
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`."""
+        cam = self.camera.status
+        return (
+            f"camera {cam.state}, {self.stats.frames} frames, {self.stats.events} events, "
+            f"gallery {len(self.gallery.members())} members (v{self.gallery.version})"
         )
 
     def health(self) -> dict[str, Any]:

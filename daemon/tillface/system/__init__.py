@@ -1,0 +1,1 @@
+"""Integration with the host: systemd readiness, watchdog and status."""
