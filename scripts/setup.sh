@@ -13,6 +13,8 @@ need_apt=()
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
   echo "tillface needs Python 3.11 or newer (found $(python3 --version 2>&1))" >&2; exit 1; }
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+# The tests check the systemd unit with systemd-analyze.
+[[ "${1:-}" == "--dev" ]] && ! command -v systemd-analyze >/dev/null && need_apt+=(systemd)
 if ((${#need_apt[@]})); then
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"

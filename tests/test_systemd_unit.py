@@ -1,0 +1,56 @@
+"""systemd/tillface.service is a valid unit and scores "OK" or better in systemd's exposure check."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "tillface.service"
+
+
+def installed_copy(tmp_path: Path) -> Path:
+    """The unit with the install prefix pointed at this checkout's venv, as install would place it."""
+    venv_bin = Path(sys.executable).parent
+    text = UNIT.read_text().replace("/opt/tillface/.venv/bin", str(venv_bin))
+    unit = tmp_path / "tillface.service"
+    unit.write_text(text)
+    return unit
+
+
+def test_unit_verifies(tmp_path):
+    assert shutil.which("systemd-analyze"), "systemd-analyze missing: scripts/setup.sh --dev installs it"
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(installed_copy(tmp_path))], capture_output=True, text=True
+    )
+    problems = [line for line in (out.stdout + out.stderr).splitlines() if "tillface.service" in line]
+    assert out.returncode == 0 and not problems, out.stdout + out.stderr
+
+
+def test_unit_exposure_is_ok_or_better(tmp_path):
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(installed_copy(tmp_path))],
+        capture_output=True,
+        text=True,
+    )
+    match = re.search(r"Overall exposure level for tillface\.service: ([0-9.]+)", out.stdout)
+    assert match, out.stdout + out.stderr
+    assert float(match.group(1)) <= 2.5
+
+
+def test_unit_has_the_service_contract():
+    text = UNIT.read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "RestartPreventExitStatus=78",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "LoadCredential=gallery.key:",
+        "DevicePolicy=closed",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+    ):
+        assert line in text, line
