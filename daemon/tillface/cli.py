@@ -210,6 +210,15 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return import_photos(gallery, config, args.images, args.labels, progress=not args.quiet)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .system.doctor import run_doctor
+
+    checks, code = run_doctor(args.config)
+    for check in checks:
+        print(check.line())
+    return code
+
+
 def cmd_demo_replay(args: argparse.Namespace) -> int:
     """Render the demo's replay from the registry-shipped portrait: the same customer visits twice."""
     import csv
@@ -319,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", type=Path, required=True)
     g.add_argument("member_id")
     p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser("doctor", help="check the unit's set-up, one line per check (exit 1 if any fails)")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("demo-replay", help="render the demo replay (two visits) from the bundled portrait")
     p.add_argument("--out", type=Path, required=True)

@@ -1,0 +1,121 @@
+"""`tillface doctor`: one line per check of a unit's set-up, for the technician at the till."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config, ConfigError, load_config
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name:<10} {self.detail}"
+
+
+def _run(name: str, fn: Callable[[], str]) -> Check:
+    try:
+        return Check(name, True, fn())
+    except Exception as exc:  # every failure becomes a line, never a traceback
+        return Check(name, False, str(exc) or type(exc).__name__)
+
+
+def check_models(config: Config) -> str:
+    from ..models import load_manifest
+
+    manifest = load_manifest()
+    wanted = [f"blazeface-{config.vision.detector}", config.vision.embedder]
+    for model_id in wanted:
+        manifest.verify(model_id)
+    return f"{', '.join(wanted)} match the manifest in {manifest.directory}"
+
+
+def check_gallery(config: Config) -> str:
+    from ..recognition.gallery import GalleryError, GalleryStore, load_key
+
+    try:
+        key = load_key(config.gallery.key_file, config.gallery.key_credential)
+    except GalleryError as exc:
+        raise RuntimeError(f"gallery.key_file: {exc}") from None
+    store = GalleryStore(config.gallery.file, key)
+    store.load()
+    if not config.gallery.file.exists():
+        return f"no gallery file yet at {config.gallery.file} (empty gallery); key ok"
+    return f"{config.gallery.file} decrypts: {len(store.members())} members, version {store.version}"
+
+
+def check_camera(config: Config, timeout_s: float = 5.0) -> str:
+    from ..camera import make_source
+
+    source = make_source(config.camera, realtime_replay=False)
+    result: dict[str, object] = {}
+
+    def grab() -> None:
+        try:
+            source.open()
+            result["frame"] = source.read()
+        except Exception as exc:
+            result["error"] = exc
+        finally:
+            source.close()
+
+    worker = threading.Thread(target=grab, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise RuntimeError(f"camera.source {config.camera.source}: no frame within {timeout_s:g} s")
+    if "error" in result:
+        raise RuntimeError(f"camera.source {config.camera.source}: {result['error']}")
+    frame = result["frame"]
+    h, w = frame.image.shape[:2]  # type: ignore[attr-defined]
+    return f"{config.camera.source} gives {w}x{h} frames"
+
+
+def check_state_dir(config: Config) -> str:
+    folder = config.unit.state_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise RuntimeError(f"unit.state_dir {folder} is not writable by uid {os.geteuid()}")
+    return f"{folder} writable"
+
+
+def check_clock() -> str:
+    year = time.gmtime().tm_year
+    if year < 2025:
+        raise RuntimeError(f"system clock says {year}: event timestamps would be wrong (no NTP yet?)")
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def check_display(config: Config) -> str:
+    if config.display.driver == "none":
+        return "no customer display configured"
+    port = Path(config.display.port or "")
+    if not port.exists():
+        raise RuntimeError(f"display.port {port} does not exist (is the display plugged in?)")
+    return f"{config.display.driver} on {port}"
+
+
+def run_doctor(config_path: Path) -> tuple[list[Check], int]:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        return [Check("config", False, str(exc))], 1
+    checks = [
+        Check("config", True, f"{config_path} valid"),
+        _run("clock", check_clock),
+        _run("state", lambda: check_state_dir(config)),
+        _run("models", lambda: check_models(config)),
+        _run("gallery", lambda: check_gallery(config)),
+        _run("camera", lambda: check_camera(config)),
+        _run("display", lambda: check_display(config)),
+    ]
+    return checks, 0 if all(c.ok for c in checks) else 1
