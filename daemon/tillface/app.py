@@ -96,7 +96,6 @@ class Daemon:
         self._reload = threading.Event()
         self.stats = RunStats()
         self.latencies_ms: deque[float] = deque(maxlen=500)
-        self.loop_heartbeat = time.monotonic()
         self.last_status = ""
 
         config.unit.state_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +157,7 @@ class Daemon:
         next_status = 0.0
         try:
             while not self._stop.is_set():
-                self.loop_heartbeat = now = time.monotonic()
+                now = time.monotonic()
                 if ready:
                     # The loop itself pings the watchdog: a stalled pipeline stops the pings and
                     # systemd restarts the unit (systemd arms the watchdog once READY=1 is sent).

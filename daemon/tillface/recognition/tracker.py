@@ -21,7 +21,6 @@ class Track:
     first_ts: float
     last_ts: float
     hits: int = 1
-    missed: int = 0
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,7 +67,6 @@ class FaceTracker:
             track.detection = detections[di]
             track.last_ts = ts
             track.hits += 1
-            track.missed = 0
             used_tracks.add(tid)
             used_dets.add(di)
             seen.append(track)
@@ -78,9 +76,6 @@ class FaceTracker:
                 self._next_id += 1
                 self.tracks[track.id] = track
                 seen.append(track)
-        for tid, track in list(self.tracks.items()):
-            if tid not in used_tracks and track.last_ts < ts:
-                track.missed += 1
         return seen
 
     def expire(self, ts: float) -> list[Track]:
