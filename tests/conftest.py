@@ -28,3 +28,13 @@ def manifest():
     from tillface.models import load_manifest
 
     return load_manifest()
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    """A real mosquitto on 127.0.0.1 (a free port), stopped after the test."""
+    from mosquitto import Mosquitto
+
+    server = Mosquitto(tmp_path / "broker").start()
+    yield server
+    server.stop()

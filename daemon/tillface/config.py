@@ -275,6 +275,69 @@ class DisplayConfig(Section):
         return self
 
 
+class MqttConfig(Section):
+    host: str | None = Field(
+        default=None, min_length=1, description="broker host name or address; unset = no MQTT link"
+    )
+    port: int = Field(default=1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")
+    root: str = Field(
+        default="tillface",
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="first topic level: <root>/<store_id>/<till_id>/...",
+    )
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version")
+    keepalive_s: int = Field(default=30, ge=5, le=600, description="keep-alive interval in seconds")
+    username: str | None = Field(default=None, min_length=1, description="broker user name; unset = none")
+    password_credential: str = Field(
+        default="mqtt.password",
+        min_length=1,
+        description="systemd credential holding the broker password (tried first)",
+    )
+    password_env: str = Field(
+        default="TILLFACE_MQTT_PASSWORD",
+        min_length=1,
+        description="environment variable holding the broker password (when no credential)",
+    )
+    tls: bool = Field(default=False, description="connect with TLS")
+    ca_file: PathValue | None = Field(default=None, description="CA certificate (PEM); unset = system CAs")
+    cert_file: PathValue | None = Field(default=None, description="client certificate (PEM) for mutual TLS")
+    key_file: PathValue | None = Field(default=None, description="client private key (PEM) for mutual TLS")
+    reconnect_backoff_s: Backoff = Field(
+        default=(1.0, 30.0), description="[first, max] seconds between reconnection attempts"
+    )
+    health_interval_s: float = Field(
+        default=60.0, ge=1, le=3600, description="seconds between retained health messages"
+    )
+    outbox_file: PathValue = Field(
+        default=DEFAULT_STATE_DIR / "outbox.sqlite",
+        description="the on-disk queue of unsent messages (default <state_dir>/outbox.sqlite)",
+    )
+    outbox_max_rows: int = Field(
+        default=100_000, ge=100, le=10_000_000, description="outbox bound; see README for what is dropped"
+    )
+    sync_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=300,
+        description="after (re)connecting, hold decisions at most this long until the store gallery caught up",
+    )
+    gallery_key_file: PathValue | None = Field(
+        default=None,
+        description="store key for templates on the wire; unset = the gallery key ([gallery] key_file)",
+    )
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise _field_error("cert_file", "cert_file and key_file go together")
+        if (self.ca_file or self.cert_file) and not self.tls:
+            raise _field_error("tls", "ca_file/cert_file are set but tls = false")
+        lo, hi = self.reconnect_backoff_s
+        if not 0 < lo <= hi:
+            raise _field_error("reconnect_backoff_s", "needs 0 < first <= max")
+        return self
+
+
 class DebugConfig(Section):
     capture_frames: bool = Field(
         default=False,
@@ -291,6 +354,7 @@ _STATE_DEFAULTS: dict[tuple[str, str], str] = {
     ("gallery", "key_file"): "gallery.key",
     ("gallery", "file"): "gallery.tfg",
     ("debug", "capture_dir"): "captures",
+    ("mqtt", "outbox_file"): "outbox.sqlite",
 }
 
 
@@ -302,6 +366,7 @@ class Config(Section):
     recognition: RecognitionConfig = RecognitionConfig()
     gallery: GalleryConfig = GalleryConfig()
     display: DisplayConfig = DisplayConfig()
+    mqtt: MqttConfig = MqttConfig()
     debug: DebugConfig = DebugConfig()
 
     @model_validator(mode="before")

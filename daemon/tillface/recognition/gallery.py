@@ -8,7 +8,8 @@ can never be mistaken for this one. The plaintext, which only ever exists in mem
     | member index (n x <u4) | created (n x <f8, Unix seconds) | source index (n x u1)
     | embeddings (n x dim x <f4, L2-normalised)
 
-The header holds the gallery version, dim, n, the member id list and the source names. 100k templates
+The header holds the gallery version, dim, n, the member id list, the source names, each member's
+sync revision and the tombstones of erased members (member id -> revision, no biometrics). 100k templates
 of 128 floats are ~52 MB and save or load in well under a second: no per-float text anywhere.
 
 Key: 32 bytes from the systemd credential `$CREDENTIALS_DIRECTORY/<key_credential>` when present, else
@@ -231,6 +232,11 @@ class GalleryStore:
         self._lock = threading.RLock()
         self._members: dict[str, list[Template]] = {}
         self._version = 0
+        # Store-wide sync (link/gallery_sync.py): each member's state carries a revision, a hybrid
+        # logical clock (max(last + 1, now in ms)), so the newest change wins at every till; erased
+        # members leave a tombstone so that an older copy can never bring them back.
+        self._revisions: dict[str, int] = {}
+        self._tombstones: dict[str, int] = {}
         self._loaded = False
         self._matcher_cache: tuple[int, Matcher] | None = None
 
@@ -282,14 +288,16 @@ class GalleryStore:
                 if not missing_ok:
                     raise GalleryError(f"gallery file {self.path} does not exist") from None
                 self._members, self._version = {}, 0
+                self._revisions, self._tombstones = {}, {}
                 self._matcher_cache = None
                 self._loaded = True
                 log.info("gallery %s does not exist yet: starting empty", self.path)
                 return
             except OSError as exc:
                 raise GalleryError(f"cannot read gallery file {self.path}: {exc.strerror}") from None
-            members, version, dim = self._decode(blob)
+            members, version, dim, revisions, tombstones = self._decode(blob)
             self._members, self._version, self._dim = members, version, dim
+            self._revisions, self._tombstones = revisions, tombstones
             self._matcher_cache = None
             self._loaded = True
             log.info(
@@ -331,6 +339,8 @@ class GalleryStore:
                 "count": n,
                 "members": member_ids,
                 "sources": list(SOURCES),
+                "revisions": [self._revisions.get(m, 0) for m in member_ids],
+                "tombstones": self._tombstones,
                 "saved": time.time(),
             },
             separators=(",", ":"),
@@ -358,7 +368,9 @@ class GalleryStore:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, ASSOCIATED_DATA)
 
-    def _decode(self, blob: bytes) -> tuple[dict[str, list[Template]], int, int]:
+    def _decode(
+        self, blob: bytes
+    ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int]]:
         where = f"gallery file {self.path}"
         if len(blob) < len(MAGIC) + NONCE_SIZE + TAG_SIZE:
             raise GalleryError(f"{where} is truncated ({len(blob)} bytes); it was left untouched")
@@ -379,13 +391,20 @@ class GalleryStore:
             raise GalleryError(f"{where} has an invalid layout ({exc}); it was left untouched") from None
 
     @staticmethod
-    def _parse(plaintext: bytes) -> tuple[dict[str, list[Template]], int, int]:
+    def _parse(
+        plaintext: bytes,
+    ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int]]:
         (header_len,) = struct.unpack_from(">I", plaintext, 0)
         header = json.loads(plaintext[4 : 4 + header_len])
         if header["format"] != FORMAT_VERSION:
             raise ValueError(f"format {header['format']} is not supported")
         n, dim, version = int(header["count"]), int(header["dim"]), int(header["version"])
         member_ids: list[str] = [str(m) for m in header["members"]]
+        # Files written before store sync have no revisions: every member is at revision 0.
+        revision_list = [int(r) for r in header.get("revisions", [0] * len(member_ids))]
+        if len(revision_list) != len(member_ids):
+            raise ValueError("revisions do not match the member list")
+        tombstones = {str(m): int(r) for m, r in header.get("tombstones", {}).items()}
         sources: list[str] = [str(s) for s in header["sources"]]
         if not set(sources) <= set(SOURCES):
             raise ValueError(f"unknown template source in {sources}")
@@ -415,7 +434,8 @@ class GalleryStore:
             member = member_ids[m]
             template = Template(ids[16 * i : 16 * i + 16].hex(), member, row, ts, source_names[si])
             out.setdefault(member, []).append(template)
-        return out, version, dim
+        revisions = {m: r for m, r in zip(member_ids, revision_list, strict=True) if m in out}
+        return out, version, dim, revisions, tombstones
 
     # -------------------------------------------------------------- changes
 
@@ -459,6 +479,8 @@ class GalleryStore:
             existing = [] if replace else self._members.get(member_id, [])
             self._matcher_cache = None
             self._members[member_id] = [*existing, *new]
+            self._revisions[member_id] = self._next_revision(member_id)
+            self._tombstones.pop(member_id, None)
             self._version += 1
             audit_log.info(
                 "gallery upsert member=%s templates_added=%d templates_total=%d replace=%s "
@@ -493,6 +515,8 @@ class GalleryStore:
                 return False
             self._matcher_cache = None
             del self._members[member_id]
+            self._tombstones[member_id] = self._next_revision(member_id)
+            self._revisions.pop(member_id, None)
             self._version += 1
             audit_log.info(
                 "gallery erase member=%s templates=%d found=true version=%d source=%s",
@@ -501,6 +525,93 @@ class GalleryStore:
                 self._version,
                 source,
             )
+            self.save()
+            return True
+
+    # -------------------------------------------------------------- store-wide sync
+
+    def _next_revision(self, member_id: str) -> int:
+        last = max(self._revisions.get(member_id, 0), self._tombstones.get(member_id, 0))
+        return max(last + 1, int(time.time() * 1000))
+
+    def revision_of(self, member_id: str) -> tuple[int, bool]:
+        """(revision, erased) of a member's newest known state; (0, False) if never seen."""
+        with self._lock:
+            if member_id in self._members:
+                return self._revisions.get(member_id, 0), False
+            if member_id in self._tombstones:
+                return self._tombstones[member_id], True
+            return 0, False
+
+    def sync_state(self) -> dict[str, tuple[int, bool]]:
+        """Every member and tombstone: member id -> (revision, erased)."""
+        with self._lock:
+            state = {m: (r, True) for m, r in self._tombstones.items()}
+            state.update({m: (self._revisions.get(m, 0), False) for m in self._members})
+            return state
+
+    def apply_remote(
+        self,
+        member_id: str,
+        revision: int,
+        templates: list[tuple[str, np.ndarray]] | None,
+        *,
+        origin: str,
+    ) -> bool:
+        """Apply another till's (or the store's) state of a member: its templates, or None to erase.
+
+        Applied only when `revision` is newer than what this gallery knows of the member (templates or
+        tombstone), so re-delivery and out-of-order copies are harmless. Returns True if applied
+        (and persisted).
+        """
+        _check_member_id(member_id)
+        with self._lock:
+            self._require_loaded("change it")
+            known = max(self._revisions.get(member_id, 0), self._tombstones.get(member_id, 0))
+            if revision <= known:
+                return False
+            self._matcher_cache = None
+            if templates is None:
+                removed = self._members.pop(member_id, [])
+                self._revisions.pop(member_id, None)
+                self._tombstones[member_id] = revision
+                self._version += 1
+                audit_log.info(
+                    "gallery erase member=%s templates=%d found=%s version=%d source=sync origin=%s",
+                    member_id,
+                    len(removed),
+                    str(bool(removed)).lower(),
+                    self._version,
+                    origin,
+                )
+            else:
+                now = time.time()
+                new = []
+                for tid, emb in templates:
+                    row = np.asarray(emb, dtype=np.float32).reshape(-1)
+                    if row.shape != (self._dim,) or not np.isfinite(row).all():
+                        raise ValueError(f"template {tid} has shape {row.shape}, expected ({self._dim},)")
+                    norm = float(np.linalg.norm(row))
+                    if norm < 1e-6:
+                        raise ValueError(f"template {tid} has zero length")
+                    unit = (row / norm).astype(np.float32)
+                    unit.setflags(write=False)
+                    new.append(Template(tid, member_id, unit, now, "sync"))
+                if not new:
+                    raise ValueError("a member update needs at least one template")
+                self._members[member_id] = new
+                self._revisions[member_id] = revision
+                self._tombstones.pop(member_id, None)
+                self._version += 1
+                audit_log.info(
+                    "gallery upsert member=%s templates_added=%d templates_total=%d replace=true "
+                    "version=%d source=sync origin=%s",
+                    member_id,
+                    len(new),
+                    len(new),
+                    self._version,
+                    origin,
+                )
             self.save()
             return True
 

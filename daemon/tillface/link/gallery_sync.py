@@ -1,0 +1,138 @@
+"""Store-wide gallery sync over MQTT: every till of a store converges on the same members.
+
+One retained message per member on `<root>/<store>/gallery/members/<member_id>` holds that member's
+newest state: its templates (encrypted with the store key) or a tombstone (`erased`: no templates).
+The broker's retained messages are the snapshot; live messages are the deltas. A unit that
+(re)connects subscribes, receives every retained state, and knows it has caught up when its own
+sync marker comes back (the broker delivers in order on one connection). It then publishes any member
+state it holds that is newer than the broker's copy (an enrolment made while the broker was away),
+so nothing depends on a message that was in flight when the link dropped.
+
+Each state carries the member's revision (a hybrid logical clock in ms, see GalleryStore): the newest
+revision wins, re-delivery is a no-op, and a tombstone stops an older copy from resurrecting a member.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Annotated, Literal
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import Field, StringConstraints
+
+from ..recognition.gallery import GalleryStore
+from .schemas import Id, Payload, Timestamp
+
+NONCE_SIZE = 12
+
+
+class EncryptedTemplates(Payload):
+    count: int = Field(ge=1, le=64)
+    dim: int = Field(ge=1, le=4096)
+    ids: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]]
+    ciphertext: str  # base64 of nonce + AES-GCM(float32 little-endian count x dim)
+
+
+class MemberState(Payload):
+    schema_: Literal[1] = Field(alias="schema", default=1)
+    store: Id
+    member_id: Id
+    revision: int = Field(ge=1)
+    origin: Id
+    ts: Timestamp
+    erased: bool
+    templates: EncryptedTemplates | None = None
+
+
+class SyncError(ValueError):
+    """A gallery message that cannot be applied; the reason names what is wrong."""
+
+
+def member_topic(root: str, store: str, member_id: str) -> str:
+    return f"{root}/{store}/gallery/members/{member_id}"
+
+
+def _aad(store: str, member_id: str, revision: int) -> bytes:
+    # Binds the ciphertext to its member and revision: it cannot be replayed onto another member.
+    return f"tillface-gallery/1/{store}/{member_id}/{revision}".encode()
+
+
+def encrypt_templates(
+    key: bytes, store: str, member_id: str, revision: int, ids: list[str], matrix: np.ndarray
+) -> EncryptedTemplates:
+    rows = np.ascontiguousarray(matrix, dtype="<f4")
+    nonce = os.urandom(NONCE_SIZE)
+    sealed = AESGCM(key).encrypt(nonce, rows.tobytes(), _aad(store, member_id, revision))
+    return EncryptedTemplates(
+        count=rows.shape[0],
+        dim=rows.shape[1],
+        ids=list(ids),
+        ciphertext=base64.b64encode(nonce + sealed).decode("ascii"),
+    )
+
+
+def decrypt_templates(key: bytes, state: MemberState) -> list[tuple[str, np.ndarray]]:
+    enc = state.templates
+    if enc is None:
+        raise SyncError(f"member {state.member_id}: not erased but carries no templates")
+    if len(enc.ids) != enc.count:
+        raise SyncError(f"member {state.member_id}: {len(enc.ids)} template ids for {enc.count} templates")
+    try:
+        blob = base64.b64decode(enc.ciphertext, validate=True)
+    except ValueError:
+        raise SyncError(f"member {state.member_id}: templates.ciphertext is not base64") from None
+    try:
+        plain = AESGCM(key).decrypt(
+            blob[:NONCE_SIZE], blob[NONCE_SIZE:], _aad(state.store, state.member_id, state.revision)
+        )
+    except (InvalidTag, ValueError):
+        raise SyncError(
+            f"member {state.member_id}: templates cannot be decrypted (a different store key?)"
+        ) from None
+    if len(plain) != 4 * enc.count * enc.dim:
+        raise SyncError(f"member {state.member_id}: {len(plain)} bytes for {enc.count}x{enc.dim} floats")
+    matrix = np.frombuffer(plain, dtype="<f4").reshape(enc.count, enc.dim)
+    return list(zip(enc.ids, matrix, strict=True))
+
+
+def state_of(
+    gallery: GalleryStore, key: bytes, store: str, member_id: str, origin: str, ts: str
+) -> MemberState:
+    """The gallery's current state of a member (templates or tombstone), ready to publish."""
+    revision, erased = gallery.revision_of(member_id)
+    templates = gallery.templates_of(member_id)
+    if erased or not templates:
+        return MemberState(
+            store=store, member_id=member_id, revision=max(revision, 1), origin=origin, ts=ts, erased=True
+        )
+    enc = encrypt_templates(
+        key,
+        store,
+        member_id,
+        revision,
+        [t.id for t in templates],
+        np.stack([t.embedding for t in templates]),
+    )
+    return MemberState(
+        store=store, member_id=member_id, revision=revision, origin=origin, ts=ts, erased=False, templates=enc
+    )
+
+
+def erase_state(store: str, member_id: str, revision: int, origin: str, ts: str) -> MemberState:
+    """The tombstone the store server publishes to erase a member at every till."""
+    return MemberState(store=store, member_id=member_id, revision=revision, origin=origin, ts=ts, erased=True)
+
+
+def apply_state(gallery: GalleryStore, key: bytes, state: MemberState) -> bool:
+    """Apply a received state; True if it changed this gallery (memory and disk)."""
+    if state.erased:
+        return gallery.apply_remote(state.member_id, state.revision, None, origin=state.origin)
+    known, _ = gallery.revision_of(state.member_id)
+    if state.revision <= known:
+        return False  # nothing to decrypt for an old copy
+    return gallery.apply_remote(
+        state.member_id, state.revision, decrypt_templates(key, state), origin=state.origin
+    )

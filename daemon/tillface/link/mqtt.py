@@ -1,0 +1,501 @@
+"""The MQTT link to the store (DESIGN §4): paho-mqtt 2.x, outbox-first publishing, commands, sync.
+
+Threads (none of them is the frame loop, which only ever calls `publish_event`):
+- paho's network thread: connects, reconnects with back-off, and hands everything it receives to
+  the two threads below through queues; it never blocks on disk or on the daemon;
+- the publisher: sends outbox rows in order, at most WINDOW unacknowledged, and deletes a row when
+  its PUBACK arrives. After every (re)connect it starts again from the oldest unacknowledged row, so
+  a message lost with a connection is sent again (same `event_id`: receivers de-duplicate);
+- the worker: validates and carries out commands, applies gallery states, publishes health.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
+from ..config import Config
+from ..events import utc_now
+from ..recognition.enrolment import EnrolmentCache, EnrolmentError
+from ..recognition.gallery import GalleryStore
+from .gallery_sync import MemberState, SyncError, apply_state, member_topic, state_of
+from .outbox import Outbox
+from .schemas import (
+    Command,
+    CommandError,
+    DisplayCommand,
+    EnrollCommand,
+    ReloadCommand,
+    check_event,
+    describe_validation,
+    parse_command,
+)
+
+log = logging.getLogger("tillface.link")
+audit_log = logging.getLogger("tillface.audit")
+
+WINDOW = 500  # unacknowledged outbox rows in flight
+INBOX_SIZE = 1000  # received messages waiting for the worker; beyond it commands are refused
+SESSION_EXPIRY_S = 3600  # the broker keeps our commands this long while we are away
+
+
+class Services(Protocol):
+    """What the link needs from the daemon."""
+
+    def show_crm(self, command: DisplayCommand) -> None: ...
+    def request_reload(self) -> None: ...
+    def health(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Topics:
+    root: str
+    store: str
+    till: str
+
+    @property
+    def unit(self) -> str:
+        return f"{self.root}/{self.store}/{self.till}"
+
+    def event(self, kind: str) -> str:
+        return f"{self.unit}/event/{kind}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.unit}/status"
+
+    @property
+    def health(self) -> str:
+        return f"{self.unit}/health"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.unit}/cmd/+"
+
+    @property
+    def sync_marker(self) -> str:
+        return f"{self.unit}/sync"
+
+    @property
+    def gallery(self) -> str:
+        return f"{self.root}/{self.store}/gallery/members/+"
+
+    def member(self, member_id: str) -> str:
+        return member_topic(self.root, self.store, member_id)
+
+
+def read_password(config: Config) -> str | None:
+    """The broker password from the systemd credential, else the environment; never from the config."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds:
+        path = Path(creds) / config.mqtt.password_credential
+        if path.is_file():
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+    return os.environ.get(config.mqtt.password_env)
+
+
+@dataclass
+class LinkStats:
+    published: int = 0
+    acked: int = 0
+    commands: int = 0
+    errors: int = 0
+    gallery_applied: int = 0
+    connects: int = 0
+    refused: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Link:
+    def __init__(
+        self,
+        config: Config,
+        gallery: GalleryStore,
+        enrolments: EnrolmentCache,
+        services: Services,
+        wire_key: bytes,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        m = config.mqtt
+        if m.host is None:
+            raise ValueError("mqtt.host is not set")
+        self.config = config
+        self.topics = Topics(m.root, config.unit.store_id, config.unit.till_id)
+        self.gallery = gallery
+        self.enrolments = enrolments
+        self.services = services
+        self._key = wire_key
+        self._clock = clock
+        self.outbox = Outbox(m.outbox_file, m.outbox_max_rows)
+        self.stats = LinkStats()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pub_events: queue.SimpleQueue[tuple[str, int, bool]] = queue.SimpleQueue()
+        self._inbox: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=INBOX_SIZE)
+        self._connected = threading.Event()
+        self._synced = threading.Event()
+        self._hold_until = clock() + m.sync_timeout_s
+        self._marker = ""
+        self._broker_state: dict[str, int] = {}  # member -> newest revision seen on the broker
+        self._next_health = clock()
+        self._client = self._make_client()
+        self._threads = [
+            threading.Thread(target=self._publisher, name="tillface-publisher", daemon=True),
+            threading.Thread(target=self._worker, name="tillface-link-worker", daemon=True),
+        ]
+
+    # ------------------------------------------------------------------ set-up
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.config.mqtt
+        v5 = m.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"tillface-{self.topics.store}-{self.topics.till}",
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+        )
+        client.enable_logger(logging.getLogger("tillface.link.paho"))
+        client.max_inflight_messages_set(100)
+        client.reconnect_delay_set(int(max(1, m.reconnect_backoff_s[0])), int(m.reconnect_backoff_s[1]))
+        client.will_set(self.topics.status, b"offline", qos=1, retain=True)
+        if m.username:
+            client.username_pw_set(m.username, read_password(self.config))
+        if m.tls:
+            client.tls_set(
+                ca_certs=str(m.ca_file) if m.ca_file else None,
+                certfile=str(m.cert_file) if m.cert_file else None,
+                keyfile=str(m.key_file) if m.key_file else None,
+            )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def start(self) -> None:
+        m = self.config.mqtt
+        assert m.host is not None
+        props = None
+        if m.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+        clean_start: Any = False if m.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        self._client.connect_async(m.host, m.port, m.keepalive_s, clean_start=clean_start, properties=props)
+        self._client.loop_start()
+        for t in self._threads:
+            t.start()
+        log.info(
+            "MQTT link to %s:%d as %s (TLS %s)", m.host, m.port, self.topics.unit, "on" if m.tls else "off"
+        )
+
+    def stop(self, flush_s: float = 3.0) -> None:
+        """Try to deliver what is queued (up to flush_s), say `offline`, and disconnect."""
+        deadline = time.monotonic() + flush_s
+        while self.outbox.depth() and self._connected.is_set() and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.02)
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=2.0)
+        if self._connected.is_set():
+            info = self._client.publish(self.topics.status, b"offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=1.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+        depth = self.outbox.depth()
+        self.outbox.close()
+        log.info("MQTT link closed: %d unsent messages kept in %s", depth, self.outbox.path)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> str:
+        if self._connected.is_set():
+            return "online" if self._synced.is_set() else "syncing"
+        if self.stats.refused:
+            return f"refused ({self.stats.refused})"
+        return "connecting" if not self.stats.connects else "offline"
+
+    def decisions_allowed(self) -> bool:
+        """False while a fresh connection is still catching up on the store gallery (bounded wait)."""
+        return self._synced.is_set() or self._clock() >= self._hold_until
+
+    # ------------------------------------------------------------------ sending
+
+    def publish_event(self, record: dict[str, Any]) -> None:
+        """Validate an event record against the contract and put it in the outbox (durable)."""
+        kind = record["event"]
+        payload = check_event(kind, record)
+        self.outbox.put(self.topics.event(kind), _json(payload), kind)
+        self._wake.set()
+
+    def _envelope(self) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "event_id": str(uuid.uuid4()),
+            "ts": utc_now(),
+            "store": self.topics.store,
+            "till": self.topics.till,
+        }
+
+    def _error(self, topic: str, reason: str, request_id: str | None) -> None:
+        self.stats.errors += 1
+        log.warning("command on %s refused: %s", topic, reason)
+        record = {"event": "error", **self._envelope(), "topic": topic, "request_id": request_id}
+        record["reason"] = reason[:200]
+        self.publish_event(record)
+
+    def _publisher(self) -> None:
+        inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        cursor = 0
+        while not self._stop.is_set():
+            acked: list[int] = []
+            try:
+                while True:
+                    what, mid, ok = self._pub_events.get_nowait()
+                    if what == "ack":
+                        row_id = inflight.pop(mid, None)
+                        if row_id is not None and ok:
+                            acked.append(row_id)
+                    elif what == "connected":
+                        inflight.clear()
+                        cursor = 0  # resend everything unacknowledged, oldest first
+            except queue.Empty:
+                pass
+            if acked:
+                self.stats.acked += self.outbox.ack(acked)
+            sent = 0
+            if self._connected.is_set() and len(inflight) < WINDOW:
+                for row in self.outbox.pending(cursor, limit=min(200, WINDOW - len(inflight))):
+                    info = self._client.publish(row.topic, row.payload, qos=1, retain=row.retain)
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        break  # the connection dropped: on_connect restarts from the oldest row
+                    inflight[info.mid] = row.id
+                    cursor = row.id
+                    sent += 1
+                self.stats.published += sent
+            if not sent and not acked:
+                self._wake.wait(0.2)
+                self._wake.clear()
+
+    # ------------------------------------------------------------------ paho callbacks (network thread)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            if self.stats.refused != str(reason):
+                log.error(
+                    "broker %s:%d refused the connection: %s (check mqtt.username, the password "
+                    "credential and the broker's ACL)",
+                    self.config.mqtt.host,
+                    self.config.mqtt.port,
+                    reason,
+                )
+            self.stats.refused = str(reason)
+            return
+        self.stats.refused = None
+        self.stats.connects += 1
+        # We resend from the outbox ourselves; paho's copies would only duplicate them.
+        client.drop_out_messages()
+        self._synced.clear()
+        self._hold_until = self._clock() + self.config.mqtt.sync_timeout_s
+        self._marker = uuid.uuid4().hex
+        client.subscribe([(self.topics.commands, 1), (self.topics.gallery, 1), (self.topics.sync_marker, 1)])
+        client.publish(self.topics.sync_marker, self._marker.encode(), qos=1)
+        client.publish(self.topics.status, b"online", qos=1, retain=True)
+        self._pub_events.put(("connected", 0, True))
+        self._connected.set()
+        self._wake.set()
+        log.info("MQTT connected to %s:%d", self.config.mqtt.host, self.config.mqtt.port)
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        self._synced.clear()
+        if was and not self._stop.is_set():
+            log.warning(
+                "MQTT disconnected (%s); reconnecting with back-off, events wait in the outbox", reason
+            )
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        ok = not getattr(reason, "is_failure", False)
+        if not ok:
+            log.error("broker refused a message (mid %d): %s; it stays in the outbox", mid, reason)
+        self._pub_events.put(("ack", mid, ok))
+        self._wake.set()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        topic = message.topic
+        if topic == self.topics.sync_marker:
+            kind = "marker"
+        elif topic.startswith(f"{self.topics.unit}/cmd/"):
+            kind = "cmd"
+        else:
+            kind = "gallery"
+        try:
+            self._inbox.put_nowait((kind, topic, bytes(message.payload)))
+        except queue.Full:
+            if kind == "cmd":
+                # Refuse now rather than stall the network thread; the sender can retry.
+                self._error(topic, "the unit is busy (too many queued commands); send it again", None)
+            else:
+                log.error("inbox full: gallery message on %s dropped; the next reconnect catches up", topic)
+
+    # ------------------------------------------------------------------ the worker
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, topic, payload = self._inbox.get(timeout=0.2)
+            except queue.Empty:
+                kind = ""
+            try:
+                if kind == "cmd":
+                    self._command(topic, payload)
+                elif kind == "gallery":
+                    self._gallery_message(topic, payload)
+                elif kind == "marker":
+                    self._marker_back(payload)
+                if self._clock() >= self._next_health:
+                    self._next_health = self._clock() + self.config.mqtt.health_interval_s
+                    self.publish_health()
+            except Exception:  # one bad message must never take the link down
+                log.exception("link worker: %s on %s failed", kind or "health", topic if kind else "-")
+
+    def _command(self, topic: str, raw: bytes) -> None:
+        self.stats.commands += 1
+        name = topic.rsplit("/", 1)[-1]
+        try:
+            command = parse_command(name, raw)
+            self._carry_out(command)
+        except CommandError as exc:
+            self._error(topic, exc.reason, exc.request_id)
+
+    def _carry_out(self, command: Command) -> None:
+        if isinstance(command, DisplayCommand):
+            self.services.show_crm(command)
+        elif isinstance(command, ReloadCommand):
+            self.services.request_reload()
+        elif isinstance(command, EnrollCommand):
+            self._enroll(command)
+
+    def _enroll(self, cmd: EnrollCommand) -> None:
+        try:
+            pending = self.enrolments.take(cmd.visitor_code)
+        except EnrolmentError as exc:
+            raise CommandError(str(exc), cmd.request_id) from None
+        templates = pending.templates()
+        try:
+            ids = self.gallery.upsert(cmd.member_id, templates, "enroll")
+        except (ValueError, OSError) as exc:
+            raise CommandError(f"member {cmd.member_id} could not be stored: {exc}", cmd.request_id) from None
+        audit_log.info(
+            "enrolled member=%s visitor_code=%s consent_ref=%s templates=%d request_id=%s",
+            cmd.member_id,
+            cmd.visitor_code,
+            cmd.consent_ref,
+            len(ids),
+            cmd.request_id,
+        )
+        record = {
+            "event": "enrolled",
+            **self._envelope(),
+            "request_id": cmd.request_id,
+            "member_id": cmd.member_id,
+            "template_id": ids[0],
+            "templates": len(ids),
+            "gallery_version": self.gallery.version,
+            "visit_id": pending.visit_id,
+        }
+        self.publish_event(record)
+        if self._synced.is_set():
+            self._publish_member(cmd.member_id)
+        # Not caught up or offline: the catch-up after the next connect publishes it.
+
+    def _publish_member(self, member_id: str) -> None:
+        state = state_of(self.gallery, self._key, self.topics.store, member_id, self.topics.till, utc_now())
+        self._client.publish(self.topics.member(member_id), _json(state.model_dump(by_alias=True)), 1, True)
+
+    def _gallery_message(self, topic: str, raw: bytes) -> None:
+        member_id = topic.rsplit("/", 1)[-1]
+        if not raw:
+            return  # a cleared retained message
+        try:
+            state = MemberState.model_validate_json(raw)
+        except ValidationError as exc:
+            log.error("gallery message on %s ignored: %s", topic, describe_validation(exc))
+            return
+        if state.member_id != member_id or state.store != self.topics.store:
+            log.error(
+                "gallery message on %s ignored: it names member %s of store %s",
+                topic,
+                state.member_id,
+                state.store,
+            )
+            return
+        self._broker_state[member_id] = max(self._broker_state.get(member_id, 0), state.revision)
+        try:
+            changed = apply_state(self.gallery, self._key, state)
+        except (SyncError, ValueError) as exc:
+            log.error("gallery message on %s ignored: %s", topic, exc)
+            return
+        if changed:
+            self.stats.gallery_applied += 1
+            if state.erased:
+                record = {
+                    "event": "erased",
+                    **self._envelope(),
+                    "member_id": member_id,
+                    "gallery_version": self.gallery.version,
+                    "found": True,
+                }
+                self.publish_event(record)
+
+    def _marker_back(self, payload: bytes) -> None:
+        if payload.decode(errors="replace") != self._marker:
+            return
+        # Every retained state came before the marker and has been applied: publish what the
+        # broker lacks or holds older (enrolments and erasures made while we were away).
+        newer = [
+            member
+            for member, (revision, _erased) in self.gallery.sync_state().items()
+            if revision > self._broker_state.get(member, 0)
+        ]
+        for member in newer:
+            self._publish_member(member)
+        self._synced.set()
+        log.info(
+            "store gallery caught up: %d members here, %d published to the store",
+            len(self.gallery.members()),
+            len(newer),
+        )
+
+    def publish_health(self) -> None:
+        record = {"event": "health", **self._envelope(), **self.services.health()}
+        record["link"] = self.state
+        record["outbox_depth"] = self.outbox.depth()
+        payload = check_event("health", record)
+        self.outbox.put(self.topics.health, _json(payload), "health", retain=True)
+        self._wake.set()
+
+
+def _json(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
