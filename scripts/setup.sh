@@ -15,6 +15,14 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # The tests check the systemd unit with systemd-analyze.
 [[ "${1:-}" == "--dev" ]] && ! command -v systemd-analyze >/dev/null && need_apt+=(systemd)
+# The dev extra has systemd-python (journald logging), which builds against libsystemd.
+if [[ "${1:-}" == "--dev" ]]; then
+  pkg-config --exists libsystemd 2>/dev/null || need_apt+=(libsystemd-dev pkg-config gcc)
+  python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || need_apt+=(python3-dev)
+fi
+# The link tests run a real MQTT broker (started by the tests on 127.0.0.1, never as a service).
+[[ "${1:-}" == "--dev" ]] && ! [[ -x /usr/sbin/mosquitto ]] && need_apt+=(mosquitto)
 if ((${#need_apt[@]})); then
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"

@@ -1,0 +1,190 @@
+"""Three tills of one store on one real broker: an enrolment at one is recognised at the others,
+and an erase from the store reaches all of them, including one that was off during the erase."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mqtt_peer import Peer
+from replay_fixtures import lfw_identities, write_config
+from tillface.config import load_config
+from tillface.events import utc_now
+from tillface.imageio import read_rgb
+from tillface.link.gallery_sync import erase_state, member_topic
+from tillface.recognition.gallery import GalleryStore, create_key_file, read_key_file
+from tillface.scenario import ScriptedVisit, render_visits
+
+STORE = "s1"
+MEMBER = "m-0001"
+FPS = 15
+
+
+def render(photo: Path, out: Path, seed: int, pad_s: float) -> Path:
+    """One visit, then `pad_s` seconds of empty shop (hard links: cheap) so the unit stays up."""
+    tmp = out.with_name(out.name + ".tmp")
+    render_visits([ScriptedVisit(read_rgb(photo), "p")], tmp, fps=FPS, gap_s=1.0, seed=seed)
+    frames = sorted(tmp.glob("*.jpg"))
+    for i in range(int(pad_s * FPS)):
+        os.link(frames[-1], tmp / f"{len(frames) + i:06d}.jpg")
+    return tmp
+
+
+def show(tmp: Path, out: Path) -> None:
+    tmp.rename(out)  # the camera "comes back": the unit reopens it with back-off
+
+
+class Unit:
+    def __init__(self, work: Path, till: str, port: int, key: Path) -> None:
+        self.till = till
+        self.state = work / till
+        self.state.mkdir(parents=True)
+        self.cam = work / f"cam-{till}"
+        extra = (
+            "reopen_backoff_s = [0.2, 0.5]\n"
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nhealth_interval_s = 0.5\n'
+            "reconnect_backoff_s = [0.2, 1.0]\n"
+        )
+        self.cfg = write_config(work / f"{till}.toml", self.state, f"replay:{self.cam}", FPS, extra)
+        self.cfg.write_text(self.cfg.read_text().replace('till_id = "t1"', f'till_id = "{till}"'))
+        shutil.copy(key, self.state / "gallery.key")
+        os.chmod(self.state / "gallery.key", 0o600)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tillface", "run", "--config", str(self.cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.state / "log.txt", "ab"),  # noqa: SIM115
+        )
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+    def members_on_disk(self) -> list[str]:
+        config = load_config(self.cfg)
+        store = GalleryStore(config.gallery.file, read_key_file(config.gallery.key_file))
+        store.load()
+        return store.members()
+
+
+def health_members(peer: Peer, till: str) -> int | None:
+    msgs = peer.on(f"/{till}/health")
+    return msgs[-1].json()["gallery_members"] if msgs else None
+
+
+def wait_health(peer: Peer, tills: list[str], members: int, timeout: float) -> float:
+    """Seconds until every till's health reports `members` gallery members."""
+    t0 = time.monotonic()
+    peer.wait_for(lambda _ms: all(health_members(peer, t) == members for t in tills), timeout=timeout)
+    return time.monotonic() - t0
+
+
+def decisions(peer: Peer, till: str) -> list[dict]:
+    return [
+        {**m.json(), "event": m.topic.rsplit("/", 1)[-1]}
+        for m in peer.messages
+        if f"/{till}/event/" in m.topic and m.topic.rsplit("/", 1)[-1] in ("match", "visitor")
+    ]
+
+
+@pytest.fixture
+def photo(faces_dir: Path) -> Path:
+    multi, _single = lfw_identities(faces_dir)
+    return faces_dir / multi[sorted(multi)[3]][0]
+
+
+def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, broker, photo):
+    key = tmp_path / "store.key"
+    create_key_file(key)  # one store key: every till's gallery and the wire
+    units = {t: Unit(tmp_path, t, broker.port, key) for t in ("ta", "tb", "tc")}
+    peer = Peer(broker.port, [f"tillface/{STORE}/#"], client_id="store")
+    pending = {
+        t: render(photo, u.cam, seed=i + 1, pad_s=45 if t == "ta" else 25)
+        for i, (t, u) in enumerate(units.items())
+    }
+    try:
+        for u in units.values():
+            u.start()
+        peer.wait_for(lambda ms: all(health_members(peer, t) == 0 for t in units), timeout=60)
+
+        # A customer at till A is a visitor; the cashier enrols her with consent.
+        show(pending["ta"], units["ta"].cam)
+        visitor = peer.wait_for(lambda ms: decisions(peer, "ta"), timeout=60) and decisions(peer, "ta")[0]
+        assert visitor["event"] == "visitor"
+        peer.send(
+            f"tillface/{STORE}/ta/cmd/enroll",
+            {
+                "request_id": "q1",
+                "visitor_code": visitor["visitor_code"],
+                "member_id": MEMBER,
+                "consent_ref": "c-77",
+            },
+        )
+        enrolled = peer.wait_for(lambda ms: peer.on("/ta/event/enrolled"), timeout=10)
+        assert peer.on("/ta/event/enrolled")[0].json()["member_id"] == MEMBER
+        spread = wait_health(peer, ["tb", "tc"], 1, timeout=10)
+        assert spread <= 2.0, f"the enrolment took {spread:.2f} s to reach tills B and C"
+        assert enrolled
+        for t in ("tb", "tc"):
+            assert units[t].members_on_disk() == [MEMBER]
+
+        # She walks up to tills B and C: recognised by name.
+        show(pending["tb"], units["tb"].cam)
+        show(pending["tc"], units["tc"].cam)
+        peer.wait_for(lambda ms: decisions(peer, "tb") and decisions(peer, "tc"), timeout=60)
+        for t in ("tb", "tc"):
+            first = decisions(peer, t)[0]
+            assert first["event"] == "match" and first["member_id"] == MEMBER, first
+
+        # Till C is switched off; the store erases her; A and B drop her within 2 s and say so.
+        units["tc"].stop()
+        revision = int(time.time() * 1000)
+        tombstone = erase_state(STORE, MEMBER, revision, "store", utc_now())
+        t0 = time.monotonic()
+        peer.send(
+            member_topic("tillface", STORE, MEMBER), tombstone.model_dump_json(by_alias=True), retain=True
+        )
+        peer.wait_for(lambda ms: peer.on("/ta/event/erased") and peer.on("/tb/event/erased"), timeout=10)
+        acked = time.monotonic() - t0
+        assert acked <= 2.0, f"erase acknowledged after {acked:.2f} s"
+        for t in ("ta", "tb"):
+            ack = peer.on(f"/{t}/event/erased")[0].json()
+            assert ack["member_id"] == MEMBER and ack["found"] is True
+            assert units[t].members_on_disk() == []
+        wait_health(peer, ["ta", "tb"], 0, timeout=2.0)
+        retained = [m for m in peer.on(f"/gallery/members/{MEMBER}")][-1].json()
+        assert (
+            retained["erased"] is True and retained.get("templates") is None
+        )  # no biometrics left on the broker
+
+        # Till C comes back with her in front of it: it applies the erase before deciding.
+        assert units["tc"].members_on_disk() == [MEMBER]
+        shutil.rmtree(units["tc"].cam)
+        again = render(photo, units["tc"].cam.with_name("cam-tc2"), seed=9, pad_s=5)
+        show(again, units["tc"].cam)
+        before = len(decisions(peer, "tc"))
+        units["tc"].start()
+        peer.wait_for(lambda ms: len(decisions(peer, "tc")) > before, timeout=60)
+        after = decisions(peer, "tc")[before]
+        assert after["event"] == "visitor", after
+        assert peer.on("/tc/event/erased"), "till C did not acknowledge the erase it caught up on"
+        units["tc"].stop()
+        assert units["tc"].members_on_disk() == []
+    finally:
+        for u in units.values():
+            u.stop()
+        peer.close()
+    logs = "".join((u.state / "log.txt").read_text() for u in units.values())
+    assert "Traceback" not in logs
+    assert json.dumps(visitor)  # the visitor payload is plain JSON
