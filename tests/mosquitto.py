@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -31,6 +32,8 @@ class Mosquitto:
         self.proc: subprocess.Popen[bytes] | None = None
         lines = [
             f"listener {self.port} 127.0.0.1",
+            # As root, mosquitto would switch to its own user and lose access to the test's folder.
+            *(["user root"] if os.geteuid() == 0 else []),
             "persistence true",
             f"persistence_location {folder}/",
             "autosave_interval 1",

@@ -26,7 +26,13 @@ class Received:
 
 class Peer:
     def __init__(
-        self, port: int, topics: list[str], client_id: str = "test-peer", persistent: bool = False, **tls: Any
+        self,
+        port: int,
+        topics: list[str],
+        client_id: str = "test-peer",
+        persistent: bool = False,
+        tls: dict[str, Any] | None = None,
+        username: tuple[str, str] | None = None,
     ) -> None:
         self.messages: list[Received] = []
         self._cond = threading.Condition()
@@ -35,6 +41,8 @@ class Peer:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if tls:
             self.client.tls_set(**tls)
+        if username:
+            self.client.username_pw_set(*username)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = lambda *a: self._connected.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from mosquitto import free_port
 from replay_fixtures import write_config
 from tillface.scenario import render_visits
 
@@ -30,6 +31,7 @@ def test_good_unit_passes_every_check(tmp_path):
         "gallery",
         "camera",
         "display",
+        "broker",
     ]
     assert all(line.startswith("ok") for line in lines)
 
@@ -39,12 +41,14 @@ def test_misconfigured_unit_names_each_problem(tmp_path):
         tmp_path / "till.toml",
         tmp_path / "state",
         f"replay:{tmp_path / 'no-camera-here'}",
-        extra='[display]\ndriver = "escpos"\nport = "/dev/ttyUSB-not-plugged"\n',
+        extra='[display]\ndriver = "escpos"\nport = "/dev/ttyUSB-not-plugged"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\n',
     )
     out = doctor(cfg)
     assert out.returncode == 1
     failed = {line.split()[1]: line for line in out.stdout.splitlines() if line.startswith("FAIL")}
-    assert set(failed) == {"gallery", "camera", "display"}, out.stdout
+    assert set(failed) == {"gallery", "camera", "display", "broker"}, out.stdout
+    assert "mqtt.host/mqtt.port" in failed["broker"] and "nothing accepts connections" in failed["broker"]
     assert "gallery.key_file" in failed["gallery"] and "does not exist" in failed["gallery"]
     assert "camera.source" in failed["camera"] and "no-camera-here" in failed["camera"]
     assert "display.port" in failed["display"]

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import ssl
 import threading
 import time
 import uuid
@@ -110,6 +111,67 @@ def read_password(config: Config) -> str | None:
     return os.environ.get(config.mqtt.password_env)
 
 
+def build_client(config: Config, client_id: str) -> mqtt.Client:
+    """A paho client with the configured protocol, credentials and TLS (no callbacks)."""
+    m = config.mqtt
+    v5 = m.protocol == "5"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        clean_session=None if v5 else False,
+    )
+    if m.username:
+        client.username_pw_set(m.username, read_password(config))
+    if m.tls:
+        client.tls_set(
+            ca_certs=str(m.ca_file) if m.ca_file else None,
+            certfile=str(m.cert_file) if m.cert_file else None,
+            keyfile=str(m.key_file) if m.key_file else None,
+        )
+    return client
+
+
+def probe_broker(config: Config, timeout_s: float = 5.0) -> str:
+    """Connect once as the unit would (own client id, so a running daemon is not kicked off) and
+    disconnect; raise RuntimeError naming the config key to look at."""
+    m = config.mqtt
+    where = f"{m.host}:{m.port}"
+    try:
+        client = build_client(config, f"tillface-{config.unit.store_id}-{config.unit.till_id}-doctor")
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"mqtt.ca_file/cert_file/key_file: cannot load TLS files: {exc}") from None
+    answer: list[Any] = []
+    done = threading.Event()
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        answer.append(reason)
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(m.host or "", m.port, keepalive=10)
+    except ConnectionRefusedError:
+        raise RuntimeError(f"mqtt.host/mqtt.port: nothing accepts connections at {where}") from None
+    except ssl.SSLError as exc:
+        raise RuntimeError(f"mqtt.tls/mqtt.ca_file: TLS with {where} failed: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise RuntimeError(f"mqtt.host: cannot reach {where}: {exc.strerror or exc}") from None
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            raise RuntimeError(f"mqtt.host/mqtt.port: {where} did not answer within {timeout_s:g} s")
+        reason = answer[0]
+        if reason.is_failure:
+            raise RuntimeError(f"mqtt.username/password: {where} refused the unit: {reason}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    tls = "TLS" if m.tls else "no TLS"
+    user = f"user {m.username}" if m.username else "anonymous"
+    return f"broker {where} accepts the unit ({tls}, {user}, MQTT {m.protocol})"
+
+
 @dataclass
 class LinkStats:
     published: int = 0
@@ -164,25 +226,11 @@ class Link:
 
     def _make_client(self) -> mqtt.Client:
         m = self.config.mqtt
-        v5 = m.protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"tillface-{self.topics.store}-{self.topics.till}",
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else False,
-        )
+        client = build_client(self.config, f"tillface-{self.topics.store}-{self.topics.till}")
         client.enable_logger(logging.getLogger("tillface.link.paho"))
         client.max_inflight_messages_set(100)
         client.reconnect_delay_set(int(max(1, m.reconnect_backoff_s[0])), int(m.reconnect_backoff_s[1]))
         client.will_set(self.topics.status, b"offline", qos=1, retain=True)
-        if m.username:
-            client.username_pw_set(m.username, read_password(self.config))
-        if m.tls:
-            client.tls_set(
-                ca_certs=str(m.ca_file) if m.ca_file else None,
-                certfile=str(m.cert_file) if m.cert_file else None,
-                keyfile=str(m.key_file) if m.key_file else None,
-            )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
