@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from mosquitto import Mosquitto
+from mqtt_peer import Peer
 from replay_fixtures import build_scenario, write_config
 from tillface.app import Daemon
 from tillface.config import load_config
@@ -24,7 +26,11 @@ def replay_run(faces_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("replay")
     scenario = build_scenario(faces_dir, work, MEMBERS, STRANGERS)
     state = work / "state"
-    cfg_path = write_config(work / "till.toml", state, f"replay:{scenario.replay_dir}")
+    # The store listens on a real broker: every decision must reach it (issue 4's end-to-end check).
+    broker = Mosquitto(tmp_path_factory.mktemp("broker")).start()
+    store = Peer(broker.port, ["tillface/s1/t1/event/#"], client_id="store")
+    mqtt = f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+    cfg_path = write_config(work / "till.toml", state, f"replay:{scenario.replay_dir}", extra=mqtt)
     config = load_config(cfg_path)
     state.mkdir()
     create_key_file(config.gallery.key_file)
@@ -38,7 +44,13 @@ def replay_run(faces_dir, tmp_path_factory):
     daemon = Daemon(config, cfg_path, events_path, lockstep_replay=True)
     assert daemon.run() == 0
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
-    return scenario, events, daemon, work, before
+    ids = {e["event_id"] for e in events}
+    try:
+        store.wait_for(lambda ms: ids <= {m.json()["event_id"] for m in ms}, timeout=30)
+    finally:
+        store.close()
+        broker.stop()
+    return scenario, events, daemon, work, before, store.messages
 
 
 def snapshot(root: Path) -> dict[str, int]:
@@ -60,7 +72,7 @@ def assign(scenario, events):
 
 
 def test_one_decision_per_visit(replay_run):
-    scenario, events, _daemon, _work, _ = replay_run
+    scenario, events, _daemon, _work, *_ = replay_run
     by_visit = decisions_by_visit(events)
     decided = [v for v in by_visit.values() if any(e["event"] in ("match", "visitor") for e in v)]
     assert len(decided) == len(scenario.truth), (
@@ -81,7 +93,7 @@ def test_strangers_never_matched_and_members_never_confused(replay_run):
     The recognition rate is printed: on these LFW photos it is below the 90% the daemon issue asks
     for (see the closing note), so it is measured here, not asserted.
     """
-    scenario, events, _daemon, _work, _ = replay_run
+    scenario, events, _daemon, _work, *_ = replay_run
     by_visit = decisions_by_visit(events)
     ordered = sorted(by_visit.values(), key=lambda evs: events.index(evs[0]))
     assert len(ordered) == len(scenario.truth)
@@ -103,7 +115,7 @@ def test_strangers_never_matched_and_members_never_confused(replay_run):
 
 
 def test_event_payloads_carry_the_contract_fields(replay_run):
-    _scenario, events, _daemon, _work, _ = replay_run
+    _scenario, events, _daemon, _work, *_ = replay_run
     required = {
         "match": {
             "visit_id",
@@ -126,12 +138,29 @@ def test_event_payloads_carry_the_contract_fields(replay_run):
 
 
 def test_no_frame_or_crop_written_during_the_run(replay_run):
-    _scenario, _events, daemon, work, before = replay_run
+    _scenario, _events, daemon, work, before, _ = replay_run
     after = snapshot(work)
     new = sorted(set(after) - set(before))
-    assert new == [str(work / "events.jsonl")], new
+    assert new == [str(work / "events.jsonl"), str(work / "state" / "outbox.sqlite")], new
     state_files = sorted(p.name for p in daemon.config.unit.state_dir.iterdir())
-    assert state_files == ["gallery.key", "gallery.tfg"]
+    assert state_files == ["gallery.key", "gallery.tfg", "outbox.sqlite"]
+    from tillface.link.outbox import Outbox
+
+    outbox = Outbox(daemon.config.mqtt.outbox_file)
+    assert outbox.depth() == 0  # everything was delivered; the outbox only ever held events
+    outbox.close()
+
+
+def test_every_decision_reaches_the_store_once_in_order(replay_run):
+    _scenario, events, _daemon, _work, _before, received = replay_run
+    first_copies: dict[str, bytes] = {}
+    for m in received:
+        event_id = m.json()["event_id"]
+        # QoS 1 may deliver twice, but only ever the same message
+        assert first_copies.setdefault(event_id, m.payload) == m.payload
+    assert list(first_copies) == [e["event_id"] for e in events]
+    for e in events:
+        assert json.loads(first_copies[e["event_id"]]) == {k: v for k, v in e.items() if k != "event"}
 
 
 def test_invalid_configs_exit_78_naming_the_key(tmp_path):
