@@ -7,8 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from mqtt_peer import Peer
 from replay_fixtures import build_scenario, write_config
 from tillface.app import Daemon, open_gallery
@@ -74,7 +72,7 @@ def test_every_decision_arrives_once_with_the_contract_fields(faces_dir, tmp_pat
 
 def test_outbox_keeps_events_while_the_broker_is_away(faces_dir, tmp_path, broker):
     """The broker is down for the whole replay: every event waits on disk and goes out after."""
-    scenario, cfg, config = make_unit(faces_dir, tmp_path, broker.port)
+    _scenario, cfg, config = make_unit(faces_dir, tmp_path, broker.port)
     broker.stop()
     events_path = tmp_path / "events.jsonl"
     daemon = Daemon(config, cfg, events_path, lockstep_replay=True)
@@ -107,15 +105,23 @@ def bad_commands() -> list[tuple[str, bytes, str]]:
         ("enroll", b"{not json", "not JSON"),
         ("enroll", b"\xff\xfe", "not UTF-8"),
         ("enroll", b"[1, 2]", "JSON object"),
-        ("enroll", json.dumps({"request_id": "r1", "visitor_code": "KMT-42", "member_id": "m1"}).encode(), "consent_ref"),
         (
             "enroll",
-            json.dumps({"request_id": "r2", "visitor_code": "KMT-42", "member_id": "m1", "consent_ref": "c", "x": 1}).encode(),
+            json.dumps({"request_id": "r1", "visitor_code": "KMT-42", "member_id": "m1"}).encode(),
+            "consent_ref",
+        ),
+        (
+            "enroll",
+            json.dumps(
+                {"request_id": "r2", "visitor_code": "KMT-42", "member_id": "m1", "consent_ref": "c", "x": 1}
+            ).encode(),
             "x: unknown field",
         ),
         (
             "enroll",
-            json.dumps({"request_id": "r3", "visitor_code": "ZZZ-99", "member_id": "m1", "consent_ref": "c"}).encode(),
+            json.dumps(
+                {"request_id": "r3", "visitor_code": "ZZZ-99", "member_id": "m1", "consent_ref": "c"}
+            ).encode(),
             "ZZZ-99",
         ),
         ("display", json.dumps({"request_id": "r4", "points": -5}).encode(), "points"),

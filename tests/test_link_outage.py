@@ -29,14 +29,14 @@ def start(cfg: Path, events: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tillface", "run", "--config", str(cfg), "--events-jsonl", str(events)],
         stdout=subprocess.DEVNULL,
-        stderr=open(log, "ab"),  # noqa: SIM115
+        stderr=open(log, "ab"),
     )
 
 
 def test_broker_outage_then_sigkill_then_restart_loses_nothing(faces_dir, tmp_path, broker):
     scenario = build_scenario(faces_dir, tmp_path, 4, 2, seed=3)
     frames = sorted(scenario.replay_dir.glob("*.jpg"))
-    for i in range(int(45 * 15)):  # an empty shop after the visits keeps the daemon up to be killed
+    for i in range(45 * 15):  # an empty shop after the visits keeps the daemon up to be killed
         os.link(frames[-1], scenario.replay_dir / f"{len(frames) + i:06d}.jpg")
     state = tmp_path / "state"
     extra = f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_backoff_s = [0.5, 2.0]\n'
