@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from mqtt_peer import Peer
 from replay_fixtures import build_scenario, write_config
 from tillface.app import Daemon, open_gallery
@@ -34,8 +36,13 @@ def make_unit(faces_dir: Path, work: Path, port: int, members: int = 3, stranger
     return scenario, cfg, config
 
 
-def test_every_decision_arrives_once_with_the_contract_fields(faces_dir, tmp_path, broker):
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_every_decision_arrives_once_with_the_contract_fields(faces_dir, tmp_path, broker, protocol):
     scenario, cfg, config = make_unit(faces_dir, tmp_path, broker.port)
+    if protocol != "5":  # older store brokers
+        cfg.write_text(cfg.read_text().replace("[mqtt]\n", f'[mqtt]\nprotocol = "{protocol}"\n'))
+        config = load_config(cfg)
+        assert config.mqtt.protocol == protocol
     peer = Peer(broker.port, ["tillface/s1/t1/#"])
     events_path = tmp_path / "events.jsonl"
     daemon = Daemon(config, cfg, events_path, lockstep_replay=True)
