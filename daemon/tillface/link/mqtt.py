@@ -210,6 +210,7 @@ class Link:
         self._wake = threading.Event()
         self._pub_events: queue.SimpleQueue[tuple[str, int, bool]] = queue.SimpleQueue()
         self._inbox: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=INBOX_SIZE)
+        self._busy_topics: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._connected = threading.Event()
         self._synced = threading.Event()
         self._hold_until = clock() + m.sync_timeout_s
@@ -306,6 +307,9 @@ class Link:
         }
 
     def _error(self, topic: str, reason: str, request_id: str | None) -> None:
+        # Whatever the sender put in (lone surrogates included) must still make a valid UTF-8 answer.
+        reason = _printable(reason)
+        request_id = _printable(request_id) if request_id else None
         self.stats.errors += 1
         log.warning("command on %s refused: %s", topic, reason)
         record = {"event": "error", **self._envelope(), "topic": topic, "request_id": request_id}
@@ -324,6 +328,11 @@ class Link:
                         row_id = inflight.pop(mid, None)
                         if row_id is not None and ok:
                             acked.append(row_id)
+                    elif what == "busy":
+                        busy_topic = self._busy_topics.get_nowait()
+                        self._error(
+                            busy_topic, "the unit is busy (too many queued commands); send it again", None
+                        )
                     elif what == "connected":
                         inflight.clear()
                         cursor = 0  # resend everything unacknowledged, oldest first
@@ -402,8 +411,10 @@ class Link:
             self._inbox.put_nowait((kind, topic, bytes(message.payload)))
         except queue.Full:
             if kind == "cmd":
-                # Refuse now rather than stall the network thread; the sender can retry.
-                self._error(topic, "the unit is busy (too many queued commands); send it again", None)
+                # Refused rather than queued without bound; the publisher writes the error (this
+                # network thread never touches the disk).
+                self._busy_topics.put(topic)
+                self._pub_events.put(("busy", 0, False))
             else:
                 log.error("inbox full: gallery message on %s dropped; the next reconnect catches up", topic)
 
@@ -500,6 +511,7 @@ class Link:
             )
             return
         self._broker_state[member_id] = max(self._broker_state.get(member_id, 0), state.revision)
+        found = member_id in self.gallery
         try:
             changed = apply_state(self.gallery, self._key, state)
         except (SyncError, ValueError) as exc:
@@ -513,7 +525,7 @@ class Link:
                     **self._envelope(),
                     "member_id": member_id,
                     "gallery_version": self.gallery.version,
-                    "found": True,
+                    "found": found,
                 }
                 self.publish_event(record)
 
@@ -543,6 +555,10 @@ class Link:
         payload = check_event("health", record)
         self.outbox.put(self.topics.health, _json(payload), "health", retain=True)
         self._wake.set()
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _json(payload: dict[str, Any]) -> bytes:

@@ -188,6 +188,8 @@ def parse_command(name: str, raw: bytes) -> Command:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CommandError(f"payload is not JSON: {exc.msg} at character {exc.pos}", request_id) from None
+    except RecursionError:
+        raise CommandError("payload is nested too deeply", request_id) from None
     if not isinstance(data, dict):
         raise CommandError(f"payload must be a JSON object, got {type(data).__name__}", request_id)
     if isinstance(data.get("request_id"), str):
