@@ -6,7 +6,11 @@ Prints, and writes as JSON with --json:
   rendered from faces-dev photos (or the bundled demo portrait when faces-dev is absent);
 - CPU use with no face in view (share of one core) and peak RSS, on a replay of empty shop frames.
 
-    .venv/bin/python scripts/bench_daemon.py [--visits 12] [--idle-s 20] [--json out.json]
+With --display the visits are replayed a second time with an ESC/POS customer display attached: a
+pseudo-terminal whose far end takes bytes no faster than a 9600-baud line (960 bytes/s), and both
+latency figures are printed (the display is written from its own thread; they should agree within noise).
+
+    .venv/bin/python scripts/bench_daemon.py [--visits 12] [--idle-s 20] [--display] [--json out.json]
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ import argparse
 import json
 import os
 import resource
+import select
 import sys
 import tempfile
+import threading
 import time
+import tty
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +47,45 @@ log_level = "WARNING"
 source = "{source}"
 fps = {fps}
 """
+
+
+class SlowDisplay:
+    """A pty whose far end reads like a display on a serial line at `baud` (8N1: 10 bits a byte)."""
+
+    def __init__(self, baud: int = 9600) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.bytes_per_s = baud / 10.0
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            if select.select([self.master], [], [], 0.05)[0]:
+                data = os.read(self.master, 16)
+                self.received += len(data)
+                time.sleep(len(data) / self.bytes_per_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(1.0)
+        os.close(self.master)
+        os.close(self.slave)
+
+    def config(self) -> str:
+        return f'[display]\ndriver = "escpos"\nport = "{self.path}"\nbaud = 9600\n'
+
+
+def latencies(events: Path) -> list[float]:
+    records = [json.loads(line) for line in events.read_text().splitlines()]
+    return [r["latency_ms"] for r in records if r["event"] in ("match", "visitor") and "latency_ms" in r]
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
 
 
 def photos(faces: Path, count: int) -> list[ScriptedVisit]:
@@ -77,17 +123,31 @@ def main() -> int:
         "--faces", type=Path, default=Path(os.environ.get("TILLFACE_FACES", "../shared/faces-dev"))
     )
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--display",
+        action="store_true",
+        help="replay the visits again with a pty-backed 9600-baud ESC/POS display and print both latencies",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tillface-bench-") as tmp:
         work = Path(tmp)
         render_visits(photos(args.faces, args.visits), work / "visits", fps=args.fps)
         events = work / "events.jsonl"
-        _, _, _ = run(config_for(work / "state", f"replay:{work / 'visits'}", args.fps), events)
-        records = [json.loads(line) for line in events.read_text().splitlines()]
-        latency = [
-            r["latency_ms"] for r in records if r["event"] in ("match", "visitor") and "latency_ms" in r
-        ]
+        visits_config = config_for(work / "state", f"replay:{work / 'visits'}", args.fps)
+        run(visits_config, events)
+        latency = latencies(events)
+        with_display: list[float] = []
+        display_bytes = screens = 0
+        if args.display:
+            display = SlowDisplay(9600)
+            try:
+                shown, _, _ = run(visits_config + display.config(), work / "events-display.jsonl")
+                with_display = latencies(work / "events-display.jsonl")
+                display_bytes = display.received
+                screens = int(shown.display.health()["writes"])
+            finally:
+                display.close()
 
         render_visits([], work / "idle", fps=args.fps, gap_s=args.idle_s)
         idle, cpu_s, wall_s = run(config_for(work / "state", f"replay:{work / 'idle'}", args.fps), None)
@@ -96,18 +156,34 @@ def main() -> int:
         "fps": args.fps,
         "visits": args.visits,
         "decisions": len(latency),
-        "decision_latency_ms_p50": round(float(np.percentile(latency, 50)), 1) if latency else None,
-        "decision_latency_ms_p95": round(float(np.percentile(latency, 95)), 1) if latency else None,
+        "decision_latency_ms_p50": pct(latency, 50),
+        "decision_latency_ms_p95": pct(latency, 95),
         "idle_frames": idle.stats.frames,
         "idle_cpu_share_of_one_core": round(cpu_s / wall_s, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }
+    if args.display:
+        result.update(
+            {
+                "display_decisions": len(with_display),
+                "display_decision_latency_ms_p50": pct(with_display, 50),
+                "display_decision_latency_ms_p95": pct(with_display, 95),
+                "display_bytes_received": display_bytes,
+                "display_screens_written": screens,
+            }
+        )
     print(
         f"decision latency at {args.fps} fps replay: p50 {result['decision_latency_ms_p50']} ms, "
         f"p95 {result['decision_latency_ms_p95']} ms over {len(latency)} decisions ({args.visits} visits)\n"
         f"no face in view: {result['idle_cpu_share_of_one_core'] * 100:.1f}% of one core over "
         f"{idle.stats.frames} frames; peak RSS {result['peak_rss_mb']} MB"
     )
+    if args.display:
+        print(
+            f"with a 9600-baud ESC/POS display on a pty: p50 {result['display_decision_latency_ms_p50']} ms, "
+            f"p95 {result['display_decision_latency_ms_p95']} ms over {len(with_display)} decisions; "
+            f"{screens} screens written, {display_bytes} bytes received by the display"
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -96,12 +96,30 @@ def check_clock() -> str:
 
 
 def check_display(config: Config) -> str:
+    """Opens the display port as the daemon would (shared, so it works while the daemon holds it);
+    writes nothing, so the customer sees no change."""
+    from ..display.transport import SerialTransport
+
     if config.display.driver == "none":
         return "no customer display configured"
-    port = Path(config.display.port or "")
-    if not port.exists():
-        raise RuntimeError(f"display.port {port} does not exist (is the display plugged in?)")
-    return f"{config.display.driver} on {port}"
+    transport = SerialTransport(config.display, exclusive=False)
+    try:
+        transport.open()
+    except Exception as exc:
+        raise RuntimeError(
+            f"display.port {config.display.port} cannot be opened (is the display plugged in?): {exc}"
+        ) from None
+    finally:
+        transport.close(discard=False)  # unsent bytes may be the running daemon's
+    return f"{config.display.driver} display port opens: {transport.description}"
+
+
+def check_broker(config: Config) -> str:
+    if config.mqtt.host is None:
+        return "no MQTT broker configured (mqtt.host unset): decisions stay local"
+    from ..link.mqtt import probe_broker
+
+    return probe_broker(config)
 
 
 def run_doctor(config_path: Path) -> tuple[list[Check], int]:
@@ -117,5 +135,6 @@ def run_doctor(config_path: Path) -> tuple[list[Check], int]:
         _run("gallery", lambda: check_gallery(config)),
         _run("camera", lambda: check_camera(config)),
         _run("display", lambda: check_display(config)),
+        _run("broker", lambda: check_broker(config)),
     ]
     return checks, 0 if all(c.ok for c in checks) else 1
