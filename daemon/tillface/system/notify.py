@@ -1,8 +1,9 @@
 """sd_notify: READY=1, STATUS=..., WATCHDOG=1 and STOPPING=1 to systemd (Type=notify, WatchdogSec=).
 
-The protocol is one datagram of newline-separated KEY=VALUE lines on $NOTIFY_SOCKET, sent here with a
-plain socket, so the service needs no systemd library. Outside systemd (no NOTIFY_SOCKET) every call
-is a no-op.
+The protocol is one datagram of newline-separated KEY=VALUE lines on $NOTIFY_SOCKET. With
+systemd-python installed (the `journald` extra, or Debian's python3-systemd) `systemd.daemon.notify`
+sends it; otherwise a plain socket does, so the service needs no systemd library. Outside systemd
+(no NOTIFY_SOCKET) every call is a no-op.
 """
 
 from __future__ import annotations
@@ -11,13 +12,26 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("tillface.system")
 
 
+def library_notify() -> Callable[[str], bool] | None:
+    """systemd-python's `systemd.daemon.notify` (it reads $NOTIFY_SOCKET itself), or None."""
+    try:
+        import systemd.daemon as daemon
+    except ImportError:
+        return None
+    return lambda message: bool(daemon.notify(message))
+
+
 class Notifier:
     def __init__(self, environ: dict[str, str] | None = None) -> None:
+        """`environ` (tests) replaces os.environ; then the plain socket is used, never the library,
+        which would read the process environment."""
         env = dict(os.environ if environ is None else environ)
+        self._library = library_notify() if environ is None else None
         self.address = env.get("NOTIFY_SOCKET") or None
         usec = env.get("WATCHDOG_USEC")
         pid = env.get("WATCHDOG_PID")
@@ -34,6 +48,12 @@ class Notifier:
     def send(self, message: str) -> bool:
         if self.address is None:
             return False
+        if self._library is not None:
+            try:
+                return self._library(message)
+            except OSError as exc:
+                log.warning("sd_notify to %s failed: %s", self.address, exc)
+                return False
         address = self.address
         if address.startswith("@"):  # abstract namespace
             address = "\0" + address[1:]

@@ -1,0 +1,277 @@
+"""scripts/install.sh, run for real into a temporary root (`--root`): files, modes, owners, the service
+user, the enabled unit; a second run changes nothing; an edited config is kept; uninstall and purge.
+
+The root is a plain folder, not a chroot: apt is skipped there and systemd is not running, so the unit
+is enabled with `systemctl --root`. scripts/test_install_debootstrap.sh runs the installer in a
+debootstrapped Debian instead (minutes, network: not part of this suite).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# What the installer reads from a checkout.
+CHECKOUT = ("pyproject.toml", "README.md", "daemon", "models", "config", "systemd", "scripts")
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the installer creates a user and chowns: needs root"
+)
+
+
+def snapshot_checkout(dest: Path) -> Path:
+    """A copy of the checkout to install from: the runs compare like with like even while the working
+    tree is being edited."""
+    dest.mkdir()
+    for name in CHECKOUT:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLFACE_")}
+    script = root.parent / "checkout" / "scripts" / "install.sh"
+    out = subprocess.run(
+        ["bash", str(script), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every path under root with its type, mode, owner, mtime and content hash (or link target)."""
+    entries: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                what: str = "-> " + os.readlink(path)
+            elif stat.S_ISREG(st.st_mode):
+                what = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                what = "dir"
+            entries[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, what)
+    return entries
+
+
+def ids(root: Path, user: str = "tillface") -> tuple[int, int]:
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise AssertionError(f"no user {user} in {root}/etc/passwd")
+
+
+def group_members(root: Path, group: str) -> list[str]:
+    for line in (root / "etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == group:
+            return [m for m in fields[3].split(",") if m]
+    return []
+
+
+def mode_owner(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
+@pytest.fixture(scope="module")
+def installed():
+    # Not under pytest's 0700 temp folder: the service user must be able to reach its files.
+    work = Path(tempfile.mkdtemp(prefix="tillface-install-", dir="/tmp"))
+    work.chmod(0o755)
+    try:
+        snapshot_checkout(work / "checkout")
+        root = work / "root"
+        root.mkdir(mode=0o755)
+        started = time.monotonic()
+        first = install(root)
+        first_s = time.monotonic() - started
+        print(f"first install {first_s:.1f} s")
+        before = tree(root)
+        started = time.monotonic()
+        second = install(root)
+        print(f"second install {time.monotonic() - started:.1f} s")
+        yield root, first, second, before
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_first_run_installs_every_part(installed):
+    root, first, _second, _before = installed
+    assert "tillface: installed (" in first.stdout
+    uid, gid = ids(root)
+    assert 0 < uid < 1000, "a system user"
+    assert "tillface" in group_members(root, "video") and "tillface" in group_members(root, "dialout")
+    passwd = next(
+        line for line in (root / "etc/passwd").read_text().splitlines() if line.startswith("tillface:")
+    )
+    assert passwd.endswith(":/var/lib/tillface:/usr/sbin/nologin")
+
+    key = root / "etc/tillface/credentials/gallery.key"
+    assert mode_owner(key) == (0o600, uid, gid)
+    assert len(key.read_bytes()) == 32
+    assert mode_owner(key.parent) == (0o700, uid, gid)
+    assert mode_owner(root / "var/lib/tillface") == (0o700, uid, gid)
+
+    config = root / "etc/tillface/tillface.toml"
+    assert mode_owner(config) == (0o644, 0, 0)
+    parsed = tomllib.loads(config.read_text())
+    assert parsed["gallery"]["key_file"] == "/etc/tillface/credentials/gallery.key"
+    assert parsed["unit"]["state_dir"] == "/var/lib/tillface"
+
+    unit = root / "etc/systemd/system/tillface.service"
+    assert unit.read_bytes() == (root.parent / "checkout/systemd/tillface.service").read_bytes()
+    wants = root / "etc/systemd/system/multi-user.target.wants/tillface.service"
+    assert os.readlink(wants) == "/etc/systemd/system/tillface.service"
+    assert "LoadCredential=gallery.key:/etc/tillface/credentials/gallery.key" in unit.read_text()
+
+    wrapper = root / "usr/local/bin/tillface"
+    assert mode_owner(wrapper) == (0o755, 0, 0)
+    assert "runuser -u tillface -- /opt/tillface/.venv/bin/tillface" in wrapper.read_text()
+    assert 'TILLFACE_MODELS="${TILLFACE_MODELS:-/opt/tillface/models}"' in wrapper.read_text()
+    assert (root / "opt/tillface/README.md").is_file()
+
+
+def test_models_and_package_are_installed_not_linked(installed):
+    root, _first, _second, _before = installed
+    from tillface.models import load_manifest
+
+    manifest = load_manifest(root / "opt/tillface/models")
+    for entry in manifest.models:
+        manifest.verify(entry.id)
+    venv = root / "opt/tillface/.venv"
+    assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
+    where = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import tillface; print(tillface.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert where.stdout.strip().startswith(str(venv / "lib")), where.stdout + where.stderr
+    # pip built from a copy: the checkout has no build/ or egg-info left by the installer.
+    checkout = root.parent / "checkout"
+    assert not (checkout / "build").exists() and not list((checkout / "daemon").glob("*.egg-info"))
+
+
+def test_the_service_user_can_use_its_key_and_config(installed):
+    root, _first, _second, _before = installed
+    uid, gid = ids(root)
+    venv_python = root / "opt/tillface/.venv/bin/python"
+    key = root / "etc/tillface/credentials/gallery.key"
+    code = (
+        "import sys; from tillface.recognition.gallery import read_key_file; "
+        "print(len(read_key_file(sys.argv[1])))"
+    )
+    as_service = subprocess.run(
+        [str(venv_python), "-c", code, str(key)], capture_output=True, text=True, user=uid, group=gid, cwd="/"
+    )
+    assert as_service.returncode == 0 and as_service.stdout.strip() == "32", as_service.stderr
+    # Anyone else (root included) is refused by the key's owner check.
+    as_root = subprocess.run(
+        [str(venv_python), "-c", code, str(key)], capture_output=True, text=True, cwd="/"
+    )
+    assert as_root.returncode != 0 and "not by this user" in as_root.stderr
+    check = subprocess.run(
+        [
+            str(root / "opt/tillface/.venv/bin/tillface"),
+            "check-config",
+            str(root / "etc/tillface/tillface.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        user=uid,
+        group=gid,
+        cwd="/",
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_second_run_changes_nothing_and_says_so(installed):
+    root, _first, second, before = installed
+    assert "tillface: already installed, nothing changed" in second.stdout, second.stdout
+    assert "changed" not in second.stdout.replace("nothing changed", "")
+    after = tree(root)
+    diff = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert not diff, sorted(diff)[:20]
+
+
+def test_an_edited_config_is_kept_and_a_new_default_goes_beside_it(installed):
+    root, _first, _second, _before = installed
+    config = root / "etc/tillface/tillface.toml"
+    default_copy = root / "opt/tillface/share/tillface.toml.default"
+    shipped = config.read_text()
+    edited = shipped.replace('store_id = "store-001"', 'store_id = "store-042"')
+    assert edited != shipped
+    config.write_text(edited)
+    out = install(root)
+    assert "edited: kept as it is" in out.stdout and "nothing changed" in out.stdout
+    assert config.read_text() == edited and not (root / "etc/tillface/tillface.toml.new").exists()
+
+    # A newer default arrives (simulated: the one installed last time was different): still kept,
+    # and the new default is put beside it.
+    default_copy.write_text(shipped + "# an older default\n")
+    out = install(root)
+    assert config.read_text() == edited
+    assert (root / "etc/tillface/tillface.toml.new").read_text() == shipped
+    assert "tillface.toml.new (a new default" in out.stdout
+
+    # An unedited older default is simply updated.
+    (root / "etc/tillface/tillface.toml.new").unlink()
+    config.write_text(shipped + "# an older default\n")
+    default_copy.write_text(shipped + "# an older default\n")
+    out = install(root)
+    assert "unedited older default: updated" in out.stdout
+    assert config.read_text() == shipped
+    assert "nothing changed" in install(root).stdout
+
+
+def test_uninstall_keeps_the_gallery_and_purge_removes_everything(installed):
+    root, _first, _second, _before = installed
+    uid, _gid = ids(root)
+    key = root / "etc/tillface/credentials/gallery.key"
+    key_bytes = key.read_bytes()
+    gallery = root / "var/lib/tillface/gallery.tfg"
+    gallery.write_bytes(b"pretend gallery")
+    os.chown(gallery, uid, uid)
+
+    out = install(root, "--uninstall")
+    for gone in (
+        "opt/tillface",
+        "usr/local/bin/tillface",
+        "etc/systemd/system/tillface.service",
+        "etc/systemd/system/multi-user.target.wants/tillface.service",
+    ):
+        assert not (root / gone).exists() and not (root / gone).is_symlink(), gone
+    assert key.read_bytes() == key_bytes and gallery.read_bytes() == b"pretend gallery"
+    assert (root / "etc/tillface/tillface.toml").is_file()
+    assert ids(root)[0] == uid
+    assert "kept /etc/tillface/credentials/gallery.key" in out.stdout
+    assert "tillface: nothing to remove" in install(root, "--uninstall").stdout
+
+    out = install(root, "--purge")
+    assert not (root / "etc/tillface").exists() and not (root / "var/lib/tillface").exists()
+    assert not (root / "etc/sysusers.d/tillface.conf").exists()
+    assert "tillface:" not in (root / "etc/passwd").read_text()
+    assert not any(line.startswith("tillface:") for line in (root / "etc/group").read_text().splitlines())
+    assert "tillface" not in group_members(root, "video")
+    assert "tillface: nothing to remove" in install(root, "--purge").stdout
