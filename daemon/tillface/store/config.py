@@ -1,0 +1,82 @@
+"""The store server's settings: a TOML file (`tillface store --config store.toml`) and/or flags.
+
+```toml
+[store]
+id = "s1"
+database_url = "sqlite:///store.db"   # or postgresql+psycopg://user@host/db
+points_per_unit = 1.0                 # points per whole currency unit of a receipt's total
+phone_region = "GB"                   # region for phone numbers written without +country ("" = E.164 only)
+
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+root = "tillface"
+tls = false                            # ca_file, cert_file, key_file; username, password_env
+
+[http]
+host = "127.0.0.1"
+port = 8080
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..link.schemas import Id
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSection(_Section):
+    id: Id = "s1"
+    database_url: str = "sqlite:///store.db"
+    points_per_unit: float = Field(default=1.0, ge=0)
+    phone_region: str = ""
+    enroll_timeout_s: float = Field(default=10.0, gt=0)
+    erase_timeout_s: float = Field(default=10.0, gt=0)
+    visitors_window_s: float = Field(default=600.0, gt=0)
+
+
+class MqttSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    root: Id = "tillface"
+    client_id: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_env: str = "TILLFACE_STORE_MQTT_PASSWORD"
+    keepalive_s: int = Field(default=30, ge=5)
+
+
+class HttpSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class StoreConfig(_Section):
+    store: StoreSection = Field(default_factory=StoreSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    http: HttpSection = Field(default_factory=HttpSection)
+
+
+def load_store_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> StoreConfig:
+    """The file's settings (if any) with `overrides` ({section: {key: value}}, None values ignored)."""
+    data: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                data.setdefault(section, {})[key] = value
+    return StoreConfig.model_validate(data)

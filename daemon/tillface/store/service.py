@@ -1,0 +1,534 @@
+"""The reference store server's core: the MQTT side (events in, commands out) and the business rules.
+
+Threads: paho's network thread only queues what arrives; one worker thread validates each event with
+the link's own models (`tillface.link.schemas`), drops a re-delivered `event_id`, writes the database
+and answers a `match` with `cmd/display` at once. The HTTP handlers (FastAPI's thread pool) call
+`enroll`, `add_receipt` and `erase`, which publish a command and wait for the till's answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import phonenumbers
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..events import utc_now
+from ..link.gallery_sync import erase_state, member_topic
+from ..link.schemas import (
+    EVENT_MODELS,
+    DisplayCommand,
+    EnrollCommand,
+    EnrolledEvent,
+    Envelope,
+    ErasedEvent,
+    ErrorEvent,
+    HealthEvent,
+    LeftEvent,
+    MatchEvent,
+    VisitorEvent,
+    describe_validation,
+)
+from .config import StoreConfig
+from .db import (
+    Consent,
+    Member,
+    Receipt,
+    ReceiptItem,
+    SeenEvent,
+    Visit,
+    aware,
+    last_purchase,
+    now,
+    open_database,
+    suggestions,
+)
+
+log = logging.getLogger("tillface.store")
+SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps events for the store server this long while it is away
+SEEN_RETENTION_S = 30 * 24 * 3600  # how long an event_id is remembered for de-duplication
+
+
+class StoreError(Exception):
+    """A request the store cannot carry out; `status` is the HTTP status, `detail` says why."""
+
+    def __init__(self, status: int, detail: str | dict[str, Any]) -> None:
+        super().__init__(str(detail))
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class _Waiter:
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Envelope | None = None
+
+
+@dataclass
+class TillState:
+    status: str | None = None
+    health: dict[str, Any] | None = None
+
+
+def parse_ts(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def normalise_phone(raw: str, region: str) -> str:
+    """E.164 (`+441234567890`), or StoreError 422 saying what is wrong with the number."""
+    try:
+        number = phonenumbers.parse(raw, region or None)
+    except phonenumbers.NumberParseException as exc:
+        raise StoreError(422, f"phone: {raw!r} is not a phone number ({exc})") from None
+    if not phonenumbers.is_valid_number(number):
+        raise StoreError(422, f"phone: {raw!r} is not a valid number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+class StoreServer:
+    def __init__(self, config: StoreConfig, sessions: sessionmaker[Session] | None = None) -> None:
+        self.config = config
+        self.store = config.store.id
+        self.root = config.mqtt.root
+        self.sessions = sessions or open_database(config.store.database_url)
+        self.tills: dict[str, TillState] = {}
+        self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._enroll_waiters: dict[str, _Waiter] = {}
+        self._erase_waiters: dict[str, tuple[threading.Condition, set[str]]] = {}
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self.display_latency_ms: list[float] = []
+        self._client = self._make_client()
+        self._worker = threading.Thread(target=self._work, name="tillface-store-worker", daemon=True)
+
+    # ------------------------------------------------------------------ MQTT
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.config.mqtt
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=m.client_id or f"tillface-store-{self.store}",
+            protocol=mqtt.MQTTv5,
+        )
+        if m.username:
+            client.username_pw_set(m.username, os.environ.get(m.password_env))
+        if m.tls:
+            client.tls_set(
+                ca_certs=str(m.ca_file) if m.ca_file else None,
+                certfile=str(m.cert_file) if m.cert_file else None,
+                keyfile=str(m.key_file) if m.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.reconnect_delay_set(1, 10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = lambda *_a: self.connected.clear()
+        client.on_message = self._on_message
+        return client
+
+    def start(self, wait_s: float = 10.0) -> None:
+        m = self.config.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S  # a persistent session: events wait for us
+        self._client.connect_async(m.host, m.port, m.keepalive_s, clean_start=False, properties=props)
+        self._client.loop_start()
+        self._worker.start()
+        if wait_s and not self.connected.wait(wait_s):
+            log.warning("store server: broker %s:%d not reachable yet; retrying", m.host, m.port)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the store server: %s", reason)
+            return
+        base = f"{self.root}/{self.store}/+"
+        client.subscribe([(f"{base}/event/#", 1), (f"{base}/health", 1), (f"{base}/status", 1)])
+        self.connected.set()
+        log.info("store server %s subscribed on %s", self.store, base)
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        self._inbox.put((message.topic, bytes(message.payload), bool(message.retain)))
+
+    def _publish(
+        self, topic: str, payload: dict[str, Any] | bytes, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode()
+        return self._client.publish(topic, body, qos=1, retain=retain)
+
+    def _cmd_topic(self, till: str, name: str) -> str:
+        return f"{self.root}/{self.store}/{till}/cmd/{name}"
+
+    # ------------------------------------------------------------------ incoming
+
+    def _work(self) -> None:
+        next_prune = time.monotonic()
+        while not self._stop.is_set():
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + 3600
+                self.prune_seen()
+            try:
+                topic, payload, _retain = self._inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.handle(topic, payload)
+            except Exception:  # one bad message must never stop the server
+                log.exception("store server: message on %s failed", topic)
+
+    def prune_seen(self) -> int:
+        """Forget event ids older than SEEN_RETENTION_S. A till's outbox may resend older ones after a long
+        outage; those are still harmless, as visits are keyed by (till, visit_id) and answers by request."""
+        cutoff = now() - timedelta(seconds=SEEN_RETENTION_S)
+        with self.sessions() as session:
+            result = session.execute(delete(SeenEvent).where(SeenEvent.received_at < cutoff))
+            session.commit()
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        if len(parts) < 4 or parts[0] != self.root or parts[1] != self.store:
+            return
+        till = parts[2]
+        state = self.tills.setdefault(till, TillState())
+        if parts[3] == "status":
+            state.status = payload.decode(errors="replace")
+            return
+        kind = "health" if parts[3] == "health" else parts[-1] if parts[3] == "event" else ""
+        model = EVENT_MODELS.get(kind)
+        if model is None:
+            return
+        try:
+            event = model.model_validate_json(payload)
+        except ValidationError as exc:
+            log.error("event on %s ignored: %s", topic, describe_validation(exc))
+            return
+        if event.till != till or event.store != self.store:
+            log.error("event on %s ignored: it names till %s of store %s", topic, event.till, event.store)
+            return
+        if isinstance(event, HealthEvent):
+            state.health = event.model_dump(by_alias=True)
+            return
+        after: list[Any] = []
+        with self.sessions() as session:
+            session.add(SeenEvent(event_id=event.event_id, till=till, kind=kind))
+            try:
+                session.flush()
+            except IntegrityError:
+                session.rollback()
+                log.debug("duplicate event %s on %s dropped", event.event_id, topic)
+                return
+            self._record(session, event, after)
+            session.commit()
+        for action in after:
+            action()
+
+    def _record(self, session: Session, event: Envelope, after: list[Any]) -> None:
+        if isinstance(event, MatchEvent):
+            received = time.monotonic()
+            visit = self._visit(session, event.till, event.visit_id, event.ts, "match")
+            visit.kind, visit.member_id = "match", event.member_id
+            session.flush()
+            display = self._display(session, event)
+            if display is not None:  # sent once the visit is committed: a receipt for it can follow at once
+
+                def show() -> None:
+                    self._publish(self._cmd_topic(event.till, "display"), display)
+                    self.display_latency_ms.append((time.monotonic() - received) * 1000)
+
+                after.append(show)
+        elif isinstance(event, VisitorEvent):
+            visit = self._visit(session, event.till, event.visit_id, event.ts, "visitor")
+            visit.visitor_code = event.visitor_code
+            visit.enroll_until = parse_ts(event.enroll_until)
+        elif isinstance(event, LeftEvent):
+            left = session.scalars(
+                select(Visit).where(Visit.till == event.till, Visit.visit_id == event.visit_id)
+            ).first()
+            if left is not None:
+                left.left_after_s = event.duration_s
+        elif isinstance(event, EnrolledEvent):
+            member = session.get(Member, event.member_id)
+            if member is None:
+                # Enrolled after the store gave up waiting (and forgot the request): undo it everywhere.
+                log.warning("till %s enrolled unknown member %s: erasing it", event.till, event.member_id)
+                after.append(lambda: self._publish_tombstone(event.member_id))
+            else:
+                member.enrolled_till, member.template_id = event.till, event.template_id
+                session.execute(
+                    update(Visit)
+                    .where(Visit.till == event.till, Visit.visit_id == event.visit_id)
+                    .values(member_id=event.member_id)
+                )
+            after.append(lambda: self._answer(event.request_id, event))
+        elif isinstance(event, ErrorEvent):
+            log.warning("till %s refused %s: %s", event.till, event.topic, event.reason)
+            if event.request_id:
+                after.append(lambda: self._answer(event.request_id or "", event))
+        elif isinstance(event, ErasedEvent):
+            after.append(lambda: self._erased(event))
+
+    def _visit(self, session: Session, till: str, visit_id: str, ts: str, kind: str) -> Visit:
+        visit = session.scalars(select(Visit).where(Visit.till == till, Visit.visit_id == visit_id)).first()
+        if visit is None:
+            visit = Visit(till=till, visit_id=visit_id, started_at=parse_ts(ts), kind=kind)
+            session.add(visit)
+        return visit
+
+    def _display(self, session: Session, event: MatchEvent) -> dict[str, Any] | None:
+        member = session.get(Member, event.member_id)
+        if member is None:
+            log.warning("match at %s for member %s unknown to the store", event.till, event.member_id)
+            return None
+        command = DisplayCommand(
+            request_id=str(uuid.uuid4()),
+            visit_id=event.visit_id,
+            member_id=member.id,
+            name=member.name,
+            points=member.points,
+            last_purchase=last_purchase(session, member.id),
+            suggestions=suggestions(session, member.id),
+        )
+        return command.model_dump(by_alias=True, exclude_none=True)
+
+    def _answer(self, request_id: str, event: Envelope) -> None:
+        with self._lock:
+            waiter = self._enroll_waiters.get(request_id)
+        if waiter is not None:
+            waiter.result = event
+            waiter.done.set()
+
+    def _erased(self, event: ErasedEvent) -> None:
+        with self._lock:
+            entry = self._erase_waiters.get(event.member_id)
+        if entry is not None:
+            cond, acked = entry
+            with cond:
+                acked.add(event.till)
+                cond.notify_all()
+
+    # ------------------------------------------------------------------ requests (HTTP)
+
+    def visitors(self) -> list[dict[str, Any]]:
+        """Visitor codes still open for enrolment (not expired, not enrolled), newest first."""
+        since = now() - timedelta(seconds=self.config.store.visitors_window_s)
+        with self.sessions() as session:
+            visits = session.scalars(
+                select(Visit)
+                .where(Visit.kind == "visitor", Visit.member_id.is_(None), Visit.started_at >= since)
+                .order_by(Visit.started_at.desc())
+            ).all()
+        moment = now()
+        return [
+            {
+                "till": v.till,
+                "visit_id": v.visit_id,
+                "visitor_code": v.visitor_code,
+                "seen_at": aware(v.started_at),
+                "enroll_until": aware(v.enroll_until),
+            }
+            for v in visits
+            if v.enroll_until is not None and aware(v.enroll_until) > moment
+        ]
+
+    def enroll(
+        self, phone: str, name: str, visitor_code: str, till: str, text_version: str, channel: str
+    ) -> dict[str, Any]:
+        """Record consent, send `cmd/enroll` to the till, wait for `event/enrolled` (or its error)."""
+        e164 = normalise_phone(phone, self.config.store.phone_region)
+        with self.sessions() as session:
+            visit = session.scalars(
+                select(Visit)
+                .where(Visit.till == till, Visit.visitor_code == visitor_code, Visit.kind == "visitor")
+                .order_by(Visit.started_at.desc())
+            ).first()
+            if visit is None:
+                raise StoreError(404, f"visitor_code: {visitor_code} has not been seen at till {till}")
+            if visit.member_id is not None:
+                raise StoreError(409, f"visitor_code: {visitor_code} is already enrolled")
+            if visit.enroll_until is None or aware(visit.enroll_until) <= now():
+                raise StoreError(410, f"visitor_code: {visitor_code} expired; the customer must visit again")
+            if self.tills.get(till, TillState()).status == "offline":
+                # The visit's embeddings lived in the till's memory only: they went with it.
+                raise StoreError(409, f"till: {till} is offline; the customer must visit again")
+            if session.scalars(select(Member).where(Member.phone == e164)).first() is not None:
+                raise StoreError(409, f"phone: {e164} already belongs to a member")
+            member = Member(id=f"m-{uuid.uuid4().hex[:16]}", phone=e164, name=name, points=0)
+            consent = Consent(
+                text_version=text_version, channel=channel, till=till, visitor_code=visitor_code
+            )
+            member.consents.append(consent)
+            session.add(member)
+            try:
+                session.commit()
+            except IntegrityError:  # the same phone enrolled by another request just now
+                raise StoreError(409, f"phone: {e164} already belongs to a member") from None
+            member_id, consent_ref = member.id, f"consent-{consent.id}-v{text_version}"[:200]
+        request_id = str(uuid.uuid4())
+        waiter = _Waiter()
+        with self._lock:
+            self._enroll_waiters[request_id] = waiter
+        try:
+            command = EnrollCommand(
+                request_id=request_id, visitor_code=visitor_code, member_id=member_id, consent_ref=consent_ref
+            )
+            self._publish(self._cmd_topic(till, "enroll"), command.model_dump(by_alias=True))
+            answered = waiter.done.wait(self.config.store.enroll_timeout_s)
+        finally:
+            with self._lock:
+                self._enroll_waiters.pop(request_id, None)
+        if not answered or not isinstance(waiter.result, EnrolledEvent):
+            self._forget(member_id)
+            if isinstance(waiter.result, ErrorEvent):
+                raise StoreError(409, {"till": till, "reason": waiter.result.reason})
+            raise StoreError(504, f"till {till} did not answer the enrolment in time; try again")
+        return self.member(member_id)
+
+    def _forget(self, member_id: str) -> None:
+        with self.sessions() as session:
+            member = session.get(Member, member_id)
+            if member is not None:
+                session.delete(member)
+                session.commit()
+
+    def member(self, member_id: str) -> dict[str, Any]:
+        with self.sessions() as session:
+            member = session.get(Member, member_id)
+            if member is None:
+                raise StoreError(404, f"member {member_id} not found")
+            return {
+                "id": member.id,
+                "name": member.name,
+                "phone": member.phone,
+                "points": member.points,
+                "created_at": aware(member.created_at),
+                "enrolled_till": member.enrolled_till,
+                "consents": [
+                    {
+                        "text_version": c.text_version,
+                        "channel": c.channel,
+                        "given_at": aware(c.given_at),
+                        "till": c.till,
+                    }
+                    for c in member.consents
+                ],
+                "last_purchase": last_purchase(session, member.id),
+                "suggestions": suggestions(session, member.id),
+            }
+
+    def add_receipt(
+        self,
+        items: list[tuple[str, str, int, int]],
+        total_cents: int,
+        visit_id: str | None = None,
+        till: str | None = None,
+        member_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a receipt bound to a visit (its member, if any) or a member; accrue points."""
+        with self.sessions() as session:
+            visit = None
+            if visit_id is not None:
+                query = select(Visit).where(Visit.visit_id == visit_id)
+                if till is not None:
+                    query = query.where(Visit.till == till)
+                visits = session.scalars(query).all()
+                if not visits:
+                    raise StoreError(404, f"visit_id: {visit_id} is not a known visit")
+                if len(visits) > 1:
+                    raise StoreError(409, f"visit_id: {visit_id} is known at several tills; name the till")
+                visit = visits[0]
+                if member_id is not None and visit.member_id not in (None, member_id):
+                    raise StoreError(409, f"visit {visit_id} belongs to another member")
+                member_id = member_id or visit.member_id
+            member = None
+            if member_id is not None:
+                member = session.get(Member, member_id, with_for_update=True)
+                if member is None:
+                    raise StoreError(404, f"member_id: {member_id} is not a member")
+            points = math.floor(total_cents / 100 * self.config.store.points_per_unit) if member else 0
+            receipt = Receipt(
+                visit_pk=visit.id if visit else None,
+                member_id=member.id if member else None,
+                total_cents=total_cents,
+                points=points,
+            )
+            receipt.items = [
+                ReceiptItem(sku=sku, name=name, qty=qty, price_cents=price) for sku, name, qty, price in items
+            ]
+            session.add(receipt)
+            if member is not None:
+                member.points += points
+            session.commit()
+            return {
+                "receipt_id": receipt.id,
+                "member_id": receipt.member_id,
+                "visit_id": visit.visit_id if visit else None,
+                "points_awarded": points,
+                "points_total": member.points if member else None,
+            }
+
+    def erase(self, member_id: str) -> dict[str, Any]:
+        """Erase a member here and at every till; wait (bounded) for the online tills' `event/erased`."""
+        with self.sessions() as session:
+            member = session.get(Member, member_id)
+            if member is None:
+                raise StoreError(404, f"member {member_id} not found")
+            session.execute(update(Receipt).where(Receipt.member_id == member_id).values(member_id=None))
+            session.execute(update(Visit).where(Visit.member_id == member_id).values(member_id=None))
+            session.delete(member)  # consents go with it
+            session.commit()
+        cond = threading.Condition()
+        acked: set[str] = set()
+        with self._lock:
+            self._erase_waiters[member_id] = (cond, acked)
+        try:
+            online = {t for t, s in self.tills.items() if s.status == "online"}
+            self._publish_tombstone(member_id)
+            deadline = time.monotonic() + self.config.store.erase_timeout_s
+            with cond:
+                while not online <= acked and time.monotonic() < deadline:
+                    cond.wait(deadline - time.monotonic())
+                done = set(acked)
+        finally:
+            with self._lock:
+                self._erase_waiters.pop(member_id, None)
+        known = set(self.tills)
+        return {
+            "member_id": member_id,
+            "erased": True,
+            "acknowledged": sorted(done),
+            "queued": sorted(known - done),
+        }
+
+    def _publish_tombstone(self, member_id: str) -> None:
+        state = erase_state(self.store, member_id, int(time.time() * 1000), "store", utc_now())
+        info = self._publish(
+            member_topic(self.root, self.store, member_id),
+            state.model_dump_json(by_alias=True).encode(),
+            retain=True,
+        )
+        if self.connected.is_set():
+            info.wait_for_publish(timeout=5)

@@ -1,0 +1,248 @@
+"""The reference store server end to end: two real tills (daemons as subprocesses, replays of a real
+faces-dev photo rendered at test time), a real mosquitto, the store server and its HTTP API.
+
+A visitor at till A is enrolled with consent through `POST /members`; a receipt accrues points; at
+till B she is recognised and the store answers with `cmd/display` (name and points) within 200 ms;
+`DELETE /members` erases her everywhere, and her next visit at till B is a visitor's.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mosquitto import free_port
+from mqtt_peer import Peer
+from replay_fixtures import lfw_identities, write_config
+from tillface.imageio import read_rgb
+from tillface.link.schemas import DisplayCommand
+from tillface.recognition.gallery import create_key_file
+from tillface.scenario import ScriptedVisit, render_visits
+from tillface.store.api import create_app
+from tillface.store.config import load_store_config
+from tillface.store.db import schema_drift
+from tillface.store.service import StoreServer
+
+STORE = "s1"
+FPS = 15
+CONSENT = {"text_version": "2026-01", "channel": "till-screen"}
+
+
+def render(photo: Path, cam: Path, name: str, seed: int, pad_s: float) -> Path:
+    """One visit, then `pad_s` s of empty shop (hard links), in a folder the camera does not see yet."""
+    tmp = cam.with_name(name)
+    render_visits([ScriptedVisit(read_rgb(photo), "p")], tmp, fps=FPS, gap_s=1.0, seed=seed)
+    frames = sorted(tmp.glob("*.jpg"))
+    for i in range(int(pad_s * FPS)):
+        os.link(frames[-1], tmp / f"{len(frames) + i:06d}.jpg")
+    return tmp
+
+
+class Till:
+    def __init__(self, work: Path, till: str, port: int, key: Path) -> None:
+        self.till = till
+        self.state = work / till
+        self.state.mkdir(parents=True)
+        self.cam = work / f"cam-{till}"
+        extra = (
+            "reopen_backoff_s = [0.2, 0.5]\n"
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nhealth_interval_s = 0.5\n'
+            "reconnect_backoff_s = [0.2, 1.0]\n"
+        )
+        self.cfg = write_config(work / f"{till}.toml", self.state, f"replay:{self.cam}", FPS, extra)
+        self.cfg.write_text(self.cfg.read_text().replace('till_id = "t1"', f'till_id = "{till}"'))
+        shutil.copy(key, self.state / "gallery.key")
+        os.chmod(self.state / "gallery.key", 0o600)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tillface", "run", "--config", str(self.cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.state / "log.txt", "ab"),  # noqa: SIM115
+        )
+
+    def show(self, replay: Path) -> None:
+        if self.cam.exists():
+            shutil.rmtree(self.cam)
+        replay.rename(self.cam)  # the camera "comes back": the unit reopens it with back-off
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+def decisions(peer: Peer, till: str) -> list[dict]:
+    return [
+        {**m.json(), "event": m.topic.rsplit("/", 1)[-1], "at": m.at}
+        for m in peer.messages
+        if f"/{till}/event/" in m.topic and m.topic.rsplit("/", 1)[-1] in ("match", "visitor")
+    ]
+
+
+def health_members(peer: Peer, till: str) -> int | None:
+    msgs = peer.on(f"/{till}/health")
+    return msgs[-1].json()["gallery_members"] if msgs else None
+
+
+@pytest.fixture
+def photo(faces_dir: Path) -> Path:
+    multi, _single = lfw_identities(faces_dir)
+    return faces_dir / multi[sorted(multi)[3]][0]
+
+
+def store_config(tmp_path: Path, port: int, database_url: str):
+    return load_store_config(
+        None,
+        {
+            "store": {"id": STORE, "database_url": database_url, "phone_region": "GB", "erase_timeout_s": 10},
+            "mqtt": {"port": port},
+        },
+    )
+
+
+def run_story(tmp_path: Path, broker, photo: Path, database_url: str) -> None:
+    key = tmp_path / "store.key"
+    create_key_file(key)
+    tills = {t: Till(tmp_path, t, broker.port, key) for t in ("ta", "tb")}
+    replays = {
+        "ta": render(photo, tills["ta"].cam, "ta-1", seed=1, pad_s=30),
+        "tb": render(photo, tills["tb"].cam, "tb-1", seed=2, pad_s=20),
+        "tb2": render(photo, tills["tb"].cam, "tb-2", seed=9, pad_s=5),
+    }
+    server = StoreServer(store_config(tmp_path, broker.port, database_url))
+    server.start()
+    http = TestClient(create_app(server))
+    peer = Peer(broker.port, [f"tillface/{STORE}/#"], client_id="observer")
+    try:
+        for t in tills.values():
+            t.start()
+        peer.wait_for(lambda ms: all(health_members(peer, t) == 0 for t in tills), timeout=60)
+        assert {t: s.status for t, s in server.tills.items()} == {"ta": "online", "tb": "online"}
+
+        # A visitor at till A: the cashier finds her code and enrols her with consent.
+        tills["ta"].show(replays["ta"])
+        peer.wait_for(lambda ms: decisions(peer, "ta"), timeout=60)
+        assert decisions(peer, "ta")[0]["event"] == "visitor"
+        deadline = time.monotonic() + 5
+        while not (open_codes := [v for v in http.get("/visitors").json() if v["till"] == "ta"]):
+            assert time.monotonic() < deadline, "the store never listed the visitor"
+            time.sleep(0.05)
+        code = open_codes[0]
+        assert code["visitor_code"] == decisions(peer, "ta")[0]["visitor_code"]
+        r = http.post(
+            "/members",
+            json={
+                "phone": "+44 7911 123456",
+                "name": "Ada Lovelace",
+                "visitor_code": code["visitor_code"],
+                "till": "ta",
+                "consent": CONSENT,
+            },
+        )
+        assert r.status_code == 201, r.text
+        member = r.json()
+        assert member["enrolled_till"] == "ta" and member["consents"][0]["text_version"] == "2026-01"
+        enrolled = peer.on("/ta/event/enrolled")[0].json()
+        assert enrolled["member_id"] == member["id"]
+        items = [
+            {"sku": "C1", "name": "Espresso beans", "qty": 1, "price": "12.99"},
+            {"sku": "M1", "name": "Oat milk", "qty": 2, "price": "1.80"},
+        ]
+        r = http.post(
+            "/receipts", json={"visit_id": code["visit_id"], "till": "ta", "items": items, "total": "16.59"}
+        )
+        assert r.status_code == 201 and r.json()["points_total"] == 16, r.text
+
+        # At till B she is recognised; the store puts her name and points on B's display at once.
+        peer.wait_for(lambda ms: health_members(peer, "tb") == 1, timeout=10)
+        tills["tb"].show(replays["tb"])
+        peer.wait_for(lambda ms: decisions(peer, "tb") and peer.on("/tb/cmd/display"), timeout=60)
+        match = decisions(peer, "tb")[0]
+        assert match["event"] == "match" and match["member_id"] == member["id"], match
+        shown = peer.on("/tb/cmd/display")[0]
+        assert shown.at - match["at"] < 0.2, (
+            f"cmd/display {1000 * (shown.at - match['at']):.0f} ms after match"
+        )
+        display = DisplayCommand.model_validate(shown.json())
+        assert (
+            display.name == "Ada Lovelace" and display.points == 16 and display.visit_id == match["visit_id"]
+        )
+        assert display.last_purchase and "Espresso beans" in display.last_purchase
+        r = http.post(
+            "/receipts",
+            json={"visit_id": match["visit_id"], "till": "tb", "items": items[:1], "total": "12.99"},
+        )
+        assert r.status_code == 201 and r.json()["points_awarded"] == 12 and r.json()["points_total"] == 28
+        assert http.get(f"/members/{member['id']}").json()["points"] == 28
+
+        # Erase: both online tills acknowledge before DELETE returns.
+        r = http.delete(f"/members/{member['id']}")
+        assert r.status_code == 200, r.text
+        assert r.json()["acknowledged"] == ["ta", "tb"] and r.json()["queued"] == []
+        assert http.get(f"/members/{member['id']}").status_code == 404
+
+        # Her next visit at till B: a visitor again.
+        tills["tb"].stop()
+        before = len(decisions(peer, "tb"))
+        tills["tb"].show(replays["tb2"])
+        tills["tb"].start()
+        peer.wait_for(lambda ms: len(decisions(peer, "tb")) > before, timeout=60)
+        again = decisions(peer, "tb")[before]
+        assert again["event"] == "visitor", again
+        assert not peer.on("/event/error"), [m.json() for m in peer.on("/event/error")]
+    finally:
+        for t in tills.values():
+            t.stop()
+        peer.close()
+        server.stop()
+    logs = "".join((t.state / "log.txt").read_text() for t in tills.values())
+    assert "Traceback" not in logs
+
+
+def test_store_story_end_to_end_sqlite(tmp_path, broker, photo):
+    run_story(tmp_path, broker, photo, f"sqlite:///{tmp_path / 'store.db'}")
+
+
+@pytest.fixture
+def postgres():
+    """A throw-away PostgreSQL cluster (Debian's postgresql package) on a free port; its URL."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
+    bindir = Path(bins[-1]).parent
+    folder = Path(tempfile.mkdtemp(prefix="tillface-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: run the cluster as the package's postgres user
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    data = folder / "data"
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=60)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_store_story_end_to_end_postgresql(tmp_path, broker, photo, postgres):
+    run_story(tmp_path, broker, photo, postgres)
+    assert schema_drift(postgres) == []  # the Alembic migrations build exactly the models here too
