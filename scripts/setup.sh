@@ -18,11 +18,15 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # The dev extra has systemd-python (journald logging), which builds against libsystemd.
 if [[ "${1:-}" == "--dev" ]]; then
   pkg-config --exists libsystemd 2>/dev/null || need_apt+=(libsystemd-dev pkg-config gcc)
+  # tests/test_install.py runs scripts/install.sh, which makes its venv with the system's python3.
+  /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
   python3 -c 'import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || need_apt+=(python3-dev)
 fi
 # The link tests run a real MQTT broker (started by the tests on 127.0.0.1, never as a service).
 [[ "${1:-}" == "--dev" ]] && ! [[ -x /usr/sbin/mosquitto ]] && need_apt+=(mosquitto)
+# The store server's tests also run against a throw-away PostgreSQL cluster.
+[[ "${1:-}" == "--dev" ]] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"

@@ -14,21 +14,25 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from . import __version__
 from .camera import CameraWorker, Frame, make_source
 from .config import Config, ConfigError, load_config
+from .display import make_display
 from .events import JsonlSink, event_record, latency_ms, log_decision
+from .link.mqtt import Link
+from .link.schemas import DisplayCommand
 from .recognition.enrolment import EnrolmentCache
-from .recognition.gallery import GalleryError, GalleryStore, load_key
+from .recognition.gallery import GalleryError, GalleryStore, load_key, read_key_file
 from .recognition.tracker import FaceTracker, Track, customer
 from .recognition.visitor_codes import VisitorCodes
-from .recognition.visits import DecisionRules, VisitEvent, VisitManager
+from .recognition.visits import DecisionRules, Visit, VisitEvent, VisitManager
 from .system.notify import Notifier
 from .vision.pipeline import FacePipeline
-from .vision.quality import gate
+from .vision.quality import Quality, gate
 
 log = logging.getLogger("tillface")
 
@@ -42,6 +46,25 @@ def open_gallery(config: Config, config_path: Path | None) -> GalleryStore:
     gallery = GalleryStore(config.gallery.file, key)
     gallery.load()
     return gallery
+
+
+def wire_key(config: Config, config_path: Path | None) -> bytes:
+    """The store key for templates on the wire: `mqtt.gallery_key_file`, else the gallery key."""
+    try:
+        if config.mqtt.gallery_key_file is not None:
+            return read_key_file(config.mqtt.gallery_key_file)
+        return load_key(config.gallery.key_file, config.gallery.key_credential)
+    except GalleryError as exc:
+        key = "mqtt.gallery_key_file" if config.mqtt.gallery_key_file else "gallery.key_file"
+        raise ConfigError(f"{config_path or 'config'}: {key}: {exc}") from None
+
+
+def cpu_temperature() -> float | None:
+    """°C from the kernel's first thermal zone (Pi and Jetson have one); None where unreadable."""
+    try:
+        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
 
 
 def face_area(track: Track) -> float:
@@ -80,6 +103,26 @@ class RunStats:
     events: int = 0
 
 
+@dataclass
+class FrameReport:
+    """What the loop made of one frame, for observers such as `tillface monitor`. In memory only:
+    an observer must never log or store the frame, the embedding or anything derived from them."""
+
+    frame: Frame
+    faces: int = 0  # faces inside the region of interest
+    customer: Track | None = None  # the face the loop took for the customer
+    quality: Quality | None = None  # measured when the visit still wanted an embedding
+    verdict: str | None = None  # the quality gate's reason (None: passed, or not measured)
+    embedding: np.ndarray | None = None  # this frame's embedding, if one was computed
+    visit: Visit | None = None
+
+
+class DaemonObserver(Protocol):
+    def on_frame(self, report: FrameReport) -> None: ...
+
+    def on_event(self, record: dict[str, Any]) -> None: ...
+
+
 class Daemon:
     def __init__(
         self,
@@ -96,7 +139,10 @@ class Daemon:
         self._reload = threading.Event()
         self.stats = RunStats()
         self.latencies_ms: deque[float] = deque(maxlen=500)
+        self.observers: list[DaemonObserver] = []  # e.g. `tillface monitor`; called from the loop
         self.last_status = ""
+        self.started = time.monotonic()
+        self._health_mark = (self.started, 0)
 
         config.unit.state_dir.mkdir(parents=True, exist_ok=True)
         self.gallery = open_gallery(config, config_path)
@@ -117,7 +163,13 @@ class Daemon:
             emit=self._on_event,
         )
         self.tracker = FaceTracker(max_age_s=config.recognition.leave_after_ms / 1000.0)
+        self.link = (
+            Link(config, self.gallery, self.enrolments, self, wire_key(config, config_path))
+            if config.mqtt.host
+            else None
+        )
         self._jsonl = JsonlSink(events_jsonl) if events_jsonl else None
+        self.display = make_display(config.display)  # its own thread: a dead port never blocks us
         lockstep = lockstep_replay and config.camera.source_kind == "replay"
         self.camera = CameraWorker(
             make_source(config.camera, realtime_replay=not lockstep),
@@ -150,6 +202,9 @@ class Daemon:
             self.gallery.version,
             self.pipeline.model_ids,
         )
+        if self.link:
+            self.link.start()
+        self.display.start()
         self.camera.start()
         last_ts = 0.0
         camera_ok = True
@@ -188,6 +243,9 @@ class Daemon:
             self.notifier.stopping()
             self.visits.close_all(last_ts)
             self.camera.stop()
+            self.display.stop()  # after close_all: its `left` puts the idle screen up
+            if self.link:
+                self.link.stop()
             if self._jsonl:
                 self._jsonl.close()
         log.info(
@@ -200,6 +258,12 @@ class Daemon:
         return 0
 
     def process(self, frame: Frame) -> None:
+        report = FrameReport(frame)
+        self._process(frame, report)
+        for observer in self.observers:
+            observer.on_frame(report)
+
+    def _process(self, frame: Frame, report: FrameReport) -> None:
         image, ts = frame.image, frame.ts
         self.stats.frames += 1
         h, w = image.shape[:2]
@@ -209,6 +273,7 @@ class Daemon:
             for d in self.pipeline.detect(image)
             if x0 <= (d.box[0] + d.box[2]) / 2 <= x1 and y0 <= (d.box[1] + d.box[3]) / 2 <= y1
         ]
+        report.faces = len(faces)
         seen = self.tracker.update(faces, ts)
         for gone in self.tracker.expire(ts):
             self.visits.leave(gone.id, ts)
@@ -225,10 +290,12 @@ class Daemon:
                 else:
                     self.visits.end(ts)
         self.stats.frames_with_face += 1
+        report.customer = person
         visit = self.visits.visit_for(person.id, ts, frame.captured)
         if self.visits.wants_embedding(visit):
             chip, quality = self.pipeline.assess(image, person.detection)
             reason = gate(quality, self.config.quality)
+            report.quality, report.verdict = quality, reason
             # Until a good frame arrives, poor ones (but never too small) are kept as a fallback, so
             # that a customer who never faces the camera squarely still gets a decision.
             fallback = reason not in (None, "too small") and visit.decision is None and not visit.good_frames
@@ -236,9 +303,14 @@ class Daemon:
                 embedding = self.pipeline.embedder.embed(chip)
                 self.stats.embeddings += 1
                 visit = self.visits.add(visit, embedding, quality.score, good=reason is None)
+                report.embedding = embedding
                 self.visits.refresh_enrolment(visit)
             del chip  # the crop never outlives this frame (privacy rule 1)
-        self.visits.step(visit, ts)
+        report.visit = visit
+        if self.link is None or self.link.decisions_allowed():
+            # Held (briefly) after a (re)connect until the store gallery caught up: a member erased
+            # while this unit was away must not be recognised.
+            self.visits.step(visit, ts)
 
     def _on_event(self, event: VisitEvent) -> None:
         record = event_record(event, self.config.unit.store_id, self.config.unit.till_id)
@@ -248,8 +320,33 @@ class Daemon:
             record["latency_ms"] = round(latency, 1)
         self.stats.events += 1
         log_decision(record, latency)
+        for observer in self.observers:
+            observer.on_event(record)
+        self.display.on_event(record)  # only updates the screen state; the display thread writes
+        if self.link:
+            # The outbox first: whatever the JSONL file shows is already safe on disk for the store.
+            try:
+                self.link.publish_event(record)
+            except Exception:  # a bug here must not stop recognition; the log line above has it
+                log.exception("event %s could not be queued for MQTT", record.get("event_id"))
         if self._jsonl:
             self._jsonl.write(record)
+
+    # ---- services for the link (called from its worker thread) ----
+    def show_crm(self, command: DisplayCommand) -> None:
+        display = getattr(self, "display", None)
+        if display is None:
+            return
+        display.show_crm(
+            visit_id=command.visit_id,
+            member_id=command.member_id,
+            name=command.name,
+            points=command.points,
+            last_purchase=command.last_purchase,
+            suggestions=tuple(command.suggestions),
+            message=command.message,
+            ttl_s=command.ttl_s,
+        )
 
     def reload(self) -> None:
         """SIGHUP: apply thresholds, quality and display settings without dropping the camera."""
@@ -272,6 +369,7 @@ class Daemon:
         self.config = self.config.model_copy(
             update={"recognition": new.recognition, "quality": new.quality, "display": new.display}
         )
+        self.display.reconfigure(self.config.display)
         self.visits.rules = decision_rules(self.config)
         self.tracker.max_age_s = self.config.recognition.leave_after_ms / 1000.0
         self.enrolments.ttl_s = self.config.recognition.enroll_ttl_s
@@ -291,17 +389,28 @@ class Daemon:
         )
 
     def health(self) -> dict[str, Any]:
+        """The DESIGN §4 health fields this loop knows (the link adds its own state and outbox depth)."""
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
-        cam = self.camera.status
+        now = time.monotonic()
+        last_t, last_frames = self._health_mark
+        self._health_mark = (now, self.stats.frames)
+        stats = self.gallery.stats()
+        display = getattr(self, "display", None)
         return {
-            "camera": cam.state,
-            "frames": self.stats.frames,
-            "dropped": cam.dropped,
+            "version": __version__,
+            "uptime_s": round(now - self.started, 1),
+            "fps": round((self.stats.frames - last_frames) / max(now - last_t, 1e-3), 2),
             "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat is not None else None,
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat is not None else None,
-            "gallery_version": self.gallery.version,
-            "gallery_size": self.gallery.size,
-            "pid": os.getpid(),
+            "camera": self.camera.status.state,
+            "display": display.state if display is not None else "off",
+            "link": self.link.state if self.link else "off",
+            "gallery_version": stats["version"],
+            "gallery_members": stats["members"],
+            "gallery_templates": stats["templates"],
+            "models": sorted(self.pipeline.model_ids.values()),
+            "outbox_depth": self.link.outbox.depth() if self.link else 0,
+            "cpu_temp_c": cpu_temperature(),
         }
 
 

@@ -96,7 +96,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """journald with structured fields under systemd (with systemd-python), else lines on stderr."""
+    from .system.journal import setup_logging
+
+    setup_logging(level)
 
 
 def _load(path: Path, prefix: str = "") -> Config | None:
@@ -186,6 +189,18 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    if args.action != "list":
+        from .monitor import running_daemon_pid
+
+        pid = running_daemon_pid(config)
+        if pid is not None:
+            # The daemon holds the gallery in memory and would write over this change.
+            print(
+                f"tillface gallery {args.action}: the daemon is running (pid {pid}) and owns the gallery; "
+                "stop it first (systemctl stop tillface), or erase store-wide from the store server",
+                file=sys.stderr,
+            )
+            return 75
     try:
         gallery = open_gallery(config, args.config)
     except ConfigError as exc:
@@ -210,6 +225,33 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return import_photos(gallery, config, args.images, args.labels, progress=not args.quiet)
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .monitor import run_monitor
+    from .recognition.gallery import GalleryError
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    # Only warnings: the screen is for the technician, the daemon's info lines would scroll it away.
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run_monitor(
+            args.config,
+            config,
+            plain=args.plain,
+            max_frames=args.frames,
+            hz=args.hz,
+            lockstep_replay=args.lockstep,
+        )
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    except GalleryError as exc:
+        print(f"tillface monitor: {exc}", file=sys.stderr)
+        return EXIT_DATAERR
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .system.doctor import run_doctor
 
@@ -217,6 +259,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for check in checks:
         print(check.line())
     return code
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    """The reference store server (needs the `store` extra): MQTT events in, HTTP API, database."""
+    try:
+        from .store.api import serve
+        from .store.config import load_store_config
+    except ImportError as exc:
+        print(f"tillface store needs the store extra (pip install 'tillface[store]'): {exc}", file=sys.stderr)
+        return 1
+    overrides = {
+        "store": {"id": args.store_id, "database_url": args.database_url},
+        "mqtt": {
+            "host": args.mqtt_host,
+            "port": args.mqtt_port,
+            "tls": True if args.mqtt_tls else None,
+            "ca_file": args.mqtt_ca_file,
+        },
+        "http": {"host": args.http_host, "port": args.http_port},
+    }
+    try:
+        config = load_store_config(args.config, overrides)
+    except (OSError, ValueError) as exc:
+        print(f"store config: {exc}", file=sys.stderr)
+        return 78
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(config)
 
 
 def cmd_demo_replay(args: argparse.Namespace) -> int:
@@ -333,6 +402,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(func=cmd_doctor)
 
+    p = sub.add_parser(
+        "monitor",
+        help="live view for the technician: faces, quality gate, scores, decisions (stop the service first)",
+    )
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument(
+        "--plain", action="store_true", help="print lines (about --hz per second) instead of a live screen"
+    )
+    p.add_argument("--frames", type=int, help="stop after N frames (default: Ctrl-C, or the end of a replay)")
+    p.add_argument("--hz", type=float, default=5.0, help="screen refreshes (or --plain lines) per second")
+    p.add_argument(
+        "--lockstep", action="store_true", help="replay sources only: every frame, as fast as possible"
+    )
+    p.set_defaults(func=cmd_monitor)
+
     p = sub.add_parser("demo-replay", help="render the demo replay (two visits) from the bundled portrait")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--fps", type=int, default=15)
@@ -342,6 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "verify"])
     p.add_argument("--dir", type=Path, help="models folder (default: the installed one)")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("store", help="run the reference store server (MQTT + HTTP API + database)")
+    p.add_argument("--config", type=Path, help="store.toml (flags below override it)")
+    p.add_argument("--store-id")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default sqlite:///store.db)")
+    p.add_argument("--mqtt-host")
+    p.add_argument("--mqtt-port", type=int)
+    p.add_argument("--mqtt-tls", action="store_true")
+    p.add_argument("--mqtt-ca-file", type=Path)
+    p.add_argument("--http-host")
+    p.add_argument("--http-port", type=int)
+    p.set_defaults(func=cmd_store)
     return parser
 
 

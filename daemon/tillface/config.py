@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -258,20 +259,146 @@ class GalleryConfig(Section):
     )
 
 
+# Placeholders each display text may use; the ones listed are also required (see config/tillface.toml).
+_DISPLAY_TEXTS: dict[str, tuple[str, ...]] = {
+    "idle_text": (),
+    "welcome_text": (),
+    "welcome_name_text": ("name",),
+    "points_text": ("points",),
+    "last_purchase_text": ("last_purchase",),
+    "visitor_text": ("code",),
+}
+_DISPLAY_SAMPLES: dict[str, Any] = {"name": "Anna", "points": 1250, "last_purchase": "Tea", "code": "KMT-42"}
+
+
+def _check_display_text(key: str, value: str) -> str:
+    """A display text: no control characters but line breaks, and exactly its own placeholders."""
+    import string
+
+    if any(ord(c) < 0x20 and c != "\n" for c in value):
+        raise ValueError("control characters other than line breaks (\\n) are not allowed")
+    allowed = _DISPLAY_TEXTS[key]
+    try:
+        used = {field for _, field, _, _ in string.Formatter().parse(value) if field is not None}
+    except ValueError as exc:
+        raise ValueError(f"bad placeholder ({exc}); write {{{{ and }}}} for literal braces") from None
+    unknown = sorted(used - set(allowed))
+    if unknown:
+        names = ", ".join("{" + a + "}" for a in allowed) or "none"
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}} (allowed here: {names})")
+    missing = [a for a in allowed if a not in used]
+    if missing:
+        raise ValueError(f"needs the placeholder {{{missing[0]}}}")
+    try:
+        value.format(**_DISPLAY_SAMPLES)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise ValueError(f"bad placeholder format ({exc})") from None
+    return value
+
+
+def _text(default: str, description: str) -> Any:
+    return Field(default=default, min_length=1, max_length=200, description=description)
+
+
 class DisplayConfig(Section):
-    driver: Literal["none", "escpos", "jsonl"] = Field(default="none", description="customer display driver")
-    port: str | None = Field(default=None, min_length=1, description="serial device, e.g. /dev/ttyUSB0")
+    driver: Literal["none", "escpos", "jsonl"] = Field(
+        default="none",
+        description="customer display driver: none, escpos (VFD pole display) or jsonl (JSON lines)",
+    )
+    port: str | None = Field(
+        default=None,
+        min_length=1,
+        description="serial device or pyserial URL: /dev/ttyUSB0, /dev/serial/by-id/..., socket://host:port",
+    )
     baud: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = Field(
         default=9600, description="serial baud rate"
     )
-    idle_text: str = Field(
-        default="Welcome", max_length=80, description="text shown when nobody is at the till"
+    bytesize: Literal[7, 8] = Field(default=8, description="data bits per character")
+    parity: Literal["none", "even", "odd", "mark", "space"] = Field(default="none", description="parity")
+    stopbits: float = Field(default=1.0, description="stop bits: 1, 1.5 or 2")
+    rtscts: bool = Field(default=False, description="hardware (RTS/CTS) flow control")
+    xonxoff: bool = Field(default=False, description="software (XON/XOFF) flow control")
+    write_timeout_s: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=30.0,
+        description="a screen the port has not taken within this many seconds counts as a lost display",
     )
+    reopen_backoff_s: Backoff = Field(
+        default=(1.0, 30.0), description="[initial, max] seconds between attempts to reopen a lost display"
+    )
+    columns: int = Field(default=20, ge=8, le=80, description="characters per display line")
+    rows: int = Field(default=2, ge=1, le=8, description="display lines")
+    align: Literal["centre", "left"] = Field(default="centre", description="alignment of each line")
+    code_page: str = Field(
+        default="cp437",
+        description="the display's character table as a Python codec name (cp437, cp866 for Cyrillic, ...)",
+    )
+    code_page_number: int | None = Field(
+        default=None,
+        ge=0,
+        le=255,
+        description="n of ESC t n selecting code_page; unset = Epson's number for code_page",
+    )
+    transliterate: bool = Field(
+        default=True, description="show characters missing from code_page transliterated (Ж → Zh), not as ?"
+    )
+    idle_text: str = _text("Welcome!", "the store greeting, shown while nobody is at the till")
+    welcome_text: str = _text("Welcome back!", "shown on a match until the CRM sends the member's name")
+    welcome_name_text: str = _text("Hello, {name}!", "the name line of the welcome screen; {name}")
+    points_text: str = _text("Points: {points}", "the points line of the welcome screen; {points}")
+    last_purchase_text: str = _text(
+        "Last: {last_purchase}", "the last-purchase line (displays with 3+ rows); {last_purchase}"
+    )
+    visitor_text: str = _text(
+        "Your code: {code}\nAsk us to join!", "the visitor screen; {code} is the visitor code"
+    )
+    welcome_ttl_s: float = Field(
+        default=120.0,
+        ge=1.0,
+        le=3600.0,
+        description="back to idle after this many seconds on the welcome or visitor screen with no `left`",
+    )
+    message_ttl_s: float = Field(
+        default=8.0,
+        ge=1.0,
+        le=3600.0,
+        description="seconds a CRM message is shown when its cmd/display gives no ttl_s",
+    )
+
+    @field_validator(*_DISPLAY_TEXTS)
+    @classmethod
+    def _check_texts(cls, value: str, info: ValidationInfo) -> str:
+        return _check_display_text(str(info.field_name), value)
+
+    @field_validator("stopbits")
+    @classmethod
+    def _check_stopbits(cls, value: float) -> float:
+        if value not in (1.0, 1.5, 2.0):
+            raise ValueError(f"must be 1, 1.5 or 2, got {value:g}")
+        return value
+
+    @field_validator("code_page")
+    @classmethod
+    def _check_code_page(cls, value: str) -> str:
+        from .display.codepages import canonical_codec
+
+        return canonical_codec(value)
 
     @model_validator(mode="after")
     def _check_port(self) -> DisplayConfig:
+        from .display.codepages import EPSON_TABLES
+
         if self.driver != "none" and self.port is None:
             raise _field_error("port", f"driver {self.driver!r} needs a serial port")
+        if self.code_page_number is None and self.code_page not in EPSON_TABLES:
+            raise _field_error(
+                "code_page_number",
+                f"no Epson table number is known for {self.code_page!r}: set the display's number",
+            )
+        initial, maximum = self.reopen_backoff_s
+        if not (0.0 < initial <= maximum <= 3600.0):
+            raise _field_error("reopen_backoff_s", "needs 0 < initial <= max <= 3600 seconds")
         return self
 
 
@@ -306,7 +433,7 @@ class MqttConfig(Section):
         default=(1.0, 30.0), description="[first, max] seconds between reconnection attempts"
     )
     health_interval_s: float = Field(
-        default=60.0, ge=1, le=3600, description="seconds between retained health messages"
+        default=60.0, ge=0.1, le=3600, description="seconds between retained health messages"
     )
     outbox_file: PathValue = Field(
         default=DEFAULT_STATE_DIR / "outbox.sqlite",
@@ -319,7 +446,7 @@ class MqttConfig(Section):
         default=10.0,
         ge=0,
         le=300,
-        description="after (re)connecting, hold decisions at most this long until the store gallery caught up",
+        description="after a (re)connect, hold decisions at most this long for the store gallery to catch up",
     )
     gallery_key_file: PathValue | None = Field(
         default=None,
