@@ -146,7 +146,7 @@ uninstall() {
     changed "service disabled in $ROOT"
   fi
   local path
-  for path in "$UNIT" "$WRAPPER"; do
+  for path in "$UNIT" "$UNIT.d/mqtt-password.conf" "$WRAPPER"; do
     if [[ -e "$R$path" ]]; then
       rm -f "$R$path"
       changed "removed $path"
@@ -410,6 +410,25 @@ fi
 unit_changed=0
 if install_file "$REPO/systemd/tillface.service" "$R$UNIT" 644 0:0; then
   changed "$UNIT"
+  unit_changed=1
+  restart_needed=1
+fi
+# The broker password, when the installer put one in the credentials folder, reaches the service as
+# the credential `mqtt.password` (a drop-in: systemd refuses to start a unit whose credential file is
+# missing, so the shipped unit cannot name it).
+MQTT_DROPIN=$R$UNIT.d/mqtt-password.conf
+if [[ -f "$R$CRED_DIR/mqtt.password" ]]; then
+  chmod 600 "$R$CRED_DIR/mqtt.password"
+  chown "$IDS" "$R$CRED_DIR/mqtt.password"
+  printf '[Service]\nLoadCredential=mqtt.password:%s/mqtt.password\n' "$CRED_DIR" >"$tmp/mqtt-password.conf"
+  if install_file "$tmp/mqtt-password.conf" "$MQTT_DROPIN" 644 0:0; then
+    changed "$MQTT_DROPIN (broker password as a credential)"
+    unit_changed=1
+    restart_needed=1
+  fi
+elif [[ -f "$MQTT_DROPIN" ]]; then
+  rm -f "$MQTT_DROPIN"
+  changed "$MQTT_DROPIN removed (no $CRED_DIR/mqtt.password)"
   unit_changed=1
   restart_needed=1
 fi

@@ -245,6 +245,24 @@ def test_an_edited_config_is_kept_and_a_new_default_goes_beside_it(installed):
     assert "nothing changed" in install(root).stdout
 
 
+def test_a_broker_password_reaches_the_service_as_a_credential(installed):
+    root, _first, _second, _before = installed
+    uid, _gid = ids(root)
+    password = root / "etc/tillface/credentials/mqtt.password"
+    dropin = root / "etc/systemd/system/tillface.service.d/mqtt-password.conf"
+    assert not dropin.exists()
+    password.write_text("till-secret\n")
+    out = install(root)
+    assert "mqtt-password.conf (broker password as a credential)" in out.stdout
+    assert "LoadCredential=mqtt.password:/etc/tillface/credentials/mqtt.password" in dropin.read_text()
+    st = password.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == uid
+    assert "nothing changed" in install(root).stdout
+    password.unlink()
+    out = install(root)
+    assert not dropin.exists() and "mqtt-password.conf removed" in out.stdout
+
+
 def test_uninstall_keeps_the_gallery_and_purge_removes_everything(installed):
     root, _first, _second, _before = installed
     uid, _gid = ids(root)
