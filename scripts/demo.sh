@@ -1,26 +1,14 @@
 #!/usr/bin/env bash
-# The daemon's main job on an embedded default, no camera needed: a replay of one customer visiting
-# twice, made from a public-domain portrait shipped in a registry package (scikit-image).
-#   1st run: the gallery is empty, so she is a visitor and gets a code on the display.
-#   Then she is enrolled from her photo (with consent, in a real store via the CRM).
-#   2nd run: the same replay, and she is recognised as member-0001.
+# The whole system on this machine, no camera and no root (apt aside): scripts/setup.sh, then
+# `tillface demo`, which starts its own mosquitto on a free port, the store server (SQLite), one unit on
+# a replay camera (one customer visiting three times, rendered from a public-domain portrait shipped in
+# scikit-image) and the customer display on a pseudo-terminal whose 2x20 screen it prints as it changes:
+#   visit 1: a stranger gets a visitor code; the cashier enrols her with POST /members (consent);
+#   visit 2: she is recognised and the store greets her by name with her points; POST /receipts adds some;
+#   visit 3: the display shows her new points.
+# It stops everything it started and exits 0 if the story happened (about 30 s after set-up). State
+# and logs: .tillface-state/demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-tf=.venv/bin/tillface
-cfg=config/demo.toml
-state=.tillface-state
-rm -f "$state/gallery.tfg" "$state/events.jsonl"
-$tf check-config "$cfg"
-$tf init --config "$cfg"
-$tf demo-replay --out "$state/demo-visits" | tee "$state/demo-replay.txt"
-photos=$(sed -n 's/^photos folder for the enrolment: //p' "$state/demo-replay.txt")
-
-echo "== run 1: empty gallery"
-$tf run --config "$cfg" --events-jsonl "$state/events.jsonl"
-echo "== enrolment from a consented photo"
-$tf gallery import --config "$cfg" --images "$photos" --labels "$state/demo-visits/enrol.csv"
-echo "== run 2: the same customer comes back"
-$tf run --config "$cfg" --events-jsonl "$state/events.jsonl"
-echo "== events ($state/events.jsonl)"
-cat "$state/events.jsonl"
+exec .venv/bin/tillface demo --state .tillface-state/demo "$@"

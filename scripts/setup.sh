@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Sets up tillface in ./.venv on a fresh Debian / Raspberry Pi OS machine.
-#   scripts/setup.sh          the unit, the reference pipeline and the demo data (for `tillface bench`)
+#   scripts/setup.sh          the unit, the reference pipeline, the store server, the demo data and mosquitto
+#                             (for `tillface bench` and `tillface demo`)
 #   scripts/setup.sh --dev    the same plus the test and lint tools
 # Idempotent: a second run only checks. Models are committed in models/ and checked against the manifest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="reference,demo"
+extras="reference,demo,store"
 [[ "${1:-}" == "--dev" ]] && extras="dev,demo"
 
 need_apt=()
@@ -23,8 +24,8 @@ if [[ "${1:-}" == "--dev" ]]; then
   python3 -c 'import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || need_apt+=(python3-dev)
 fi
-# The link tests run a real MQTT broker (started by the tests on 127.0.0.1, never as a service).
-[[ "${1:-}" == "--dev" ]] && ! [[ -x /usr/sbin/mosquitto ]] && need_apt+=(mosquitto)
+# `tillface demo` and the link tests run a real MQTT broker (their own, on 127.0.0.1; not the service).
+[[ -x /usr/sbin/mosquitto ]] || need_apt+=(mosquitto)
 # The store server's tests also run against a throw-away PostgreSQL cluster.
 [[ "${1:-}" == "--dev" ]] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && need_apt+=(postgresql)
 if ((${#need_apt[@]})); then

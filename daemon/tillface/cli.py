@@ -288,42 +288,18 @@ def cmd_store(args: argparse.Namespace) -> int:
     return serve(config)
 
 
-def cmd_demo_replay(args: argparse.Namespace) -> int:
-    """Render the demo's replay from the registry-shipped portrait: the same customer visits twice."""
-    import csv
-
-    import cv2
-    import numpy as np
-
-    from .demo_data import astronaut_photo
-    from .imageio import read_rgb
-    from .scenario import ScriptedVisit, render_visits
-    from .vision.pipeline import FacePipeline, face_size
-
-    photo_path = astronaut_photo()
-    photo = read_rgb(photo_path)
-    # Frame her like a passport-style photo (face ~45% of the width), as the scripted visits expect.
-    face = max(FacePipeline.from_manifest().detect(photo, pad_if_none=True), key=face_size).box
-    side = int(2.2 * (face[2] - face[0]))
-    cx, cy = int((face[0] + face[2]) / 2), int((face[1] + face[3]) / 2)
-    x0, y0 = max(0, cx - side // 2), max(0, cy - side // 2)
-    photo = np.ascontiguousarray(photo[y0 : y0 + side, x0 : x0 + side])
-    # The second visit: mirrored and a little darker, as if she came back another day.
-    again = cv2.convertScaleAbs(photo[:, ::-1], alpha=0.85, beta=0)
-    truth = render_visits(
-        [ScriptedVisit(photo, "astronaut"), ScriptedVisit(again, "astronaut")], args.out, fps=args.fps
-    )
-    with open(args.out / "enrol.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "identity"])
-        writer.writerow([photo_path.name, "member-0001"])
-    frames = truth[-1].last_frame + 1 + int(2.0 * args.fps)
-    print(
-        f"rendered {frames} frames ({len(truth)} visits) to {args.out}; "
-        f"enrolment photo list {args.out / 'enrol.csv'}"
-    )
-    print(f"photos folder for the enrolment: {photo_path.parent}")
-    return 0
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole system on this machine: broker, store server, one unit on a replay, the display."""
+    try:
+        from .demo import run_demo
+        from .store.api import serve  # noqa: F401  (the demo runs `tillface store`)
+    except ImportError as exc:
+        print(
+            f"tillface demo needs the store and demo extras (pip install 'tillface[store,demo]'): {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return run_demo(args.state, fps=args.fps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,10 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_monitor)
 
-    p = sub.add_parser("demo-replay", help="render the demo replay (two visits) from the bundled portrait")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--fps", type=int, default=15)
-    p.set_defaults(func=cmd_demo_replay)
+    p = sub.add_parser(
+        "demo",
+        help="the whole system on this machine: mosquitto, store server, one unit on a replay, its display",
+    )
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=Path(".tillface-state/demo"),
+        help="the demo's folder: configs, databases, logs (wiped at start; default .tillface-state/demo)",
+    )
+    p.add_argument("--fps", type=int, default=15, help="replay frames per second")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list the installed models or verify them against the manifest")
     p.add_argument("action", choices=["list", "verify"])

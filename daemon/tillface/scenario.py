@@ -70,8 +70,13 @@ def render_visits(
     gap_s: float = 2.0,
     final_scale: float = 1.3,
     seed: int = 0,
+    lead_s: float | None = None,
+    tail_s: float | None = None,
 ) -> list[VisitTruth]:
     """Write frames `000000.jpg`, ... and `truth.json`; return the ground truth per visit.
+
+    Empty shop for `gap_s` between visits, `lead_s` before the first and `tail_s` after the last
+    (both default to `gap_s`).
 
     `final_scale` is relative to a photo whose face is ~110 px wide (LFW 250×250): at 1.3 the face
     ends ~140 px wide in a 640×480 frame, a customer about 1 m from the camera.
@@ -92,7 +97,7 @@ def render_visits(
         )
         n += 1
 
-    for _ in range(int(gap_s * fps)):
+    for _ in range(int((gap_s if lead_s is None else lead_s) * fps)):
         write(background)
     for index, visit in enumerate(visits):
         photo = visit.photo
@@ -117,7 +122,8 @@ def render_visits(
             _paste(frame, photo, width / 2 + t * width * 0.9, height * 0.45, base * final_scale)
             write(frame)
         truth.append(VisitTruth(index, visit.identity, first, n - 1))
-        for _ in range(int(gap_s * fps)):
+        last = index == len(visits) - 1
+        for _ in range(int((tail_s if last and tail_s is not None else gap_s) * fps)):
             write(background)
     (out_dir / "truth.json").write_text(json.dumps([asdict(t) for t in truth], indent=1), encoding="utf-8")
     return truth

