@@ -403,7 +403,35 @@ def test_migrations_build_the_models_and_are_idempotent(tmp_path):
     open_database(url)  # a restart: already at head
     assert schema_drift(url) == []
     with create_engine(url).connect() as connection:
-        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0002"
+
+
+def test_migration_0002_counts_the_receipts_already_there(tmp_path):
+    """A database from before the co-occurrence counts gets them from its receipts on upgrade."""
+    from sqlalchemy import create_engine, text
+
+    from tillface.store.db import migrate
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    migrate(engine, "0001")
+    member = "insert into members (id, phone, name, points, created_at) values ('me', '+1', 'Me', 0, :t)"
+    receipt = (
+        "insert into receipts (id, member_id, total_cents, points, created_at) values (:r, :m, 100, 0, :t)"
+    )
+    item = "insert into receipt_items (receipt_id, sku, name, qty, price_cents) values (:r, :k, :n, 1, 100)"
+    baskets = [["bread", "butter"], ["bread", "jam"], ["bread", "jam", "tea"], ["coffee"]]
+    with engine.begin() as c:
+        c.execute(text(member), {"t": "2026-01-01"})
+        for rid, skus in enumerate(baskets, 1):
+            c.execute(text(receipt), {"r": rid, "m": "me" if rid == 1 else None, "t": "2026-01-01"})
+            for sku in skus:
+                c.execute(text(item), {"r": rid, "k": sku, "n": sku.title()})
+    engine.dispose()
+    sessions = open_database(url)  # upgrades to head
+    with sessions() as s:
+        assert suggestions(s, "me") == ["Jam", "Tea"]
+        assert suggestions(s, "nobody") == ["Bread", "Jam", "Butter"]
 
 
 def test_store_server_over_tls_with_a_password(tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ the newest revision at start-up. A change to the models below needs a new revisi
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -111,6 +111,27 @@ class ReceiptItem(Base):
     receipt: Mapped[Receipt] = relationship(back_populates="items")
 
 
+class ItemStat(Base):
+    """How many baskets (receipts) hold each SKU, and its newest name; kept up to date on every new
+    receipt, so that suggestions never scan the receipts."""
+
+    __tablename__ = "item_stats"
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(40))
+    baskets: Mapped[int] = mapped_column(Integer)
+
+
+class ItemPair(Base):
+    """How many baskets hold both `sku` and `other` (both orders are stored)."""
+
+    __tablename__ = "item_pairs"
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    other: Mapped[str] = mapped_column(String(64), primary_key=True)
+    baskets: Mapped[int] = mapped_column(Integer)
+
+
 class SeenEvent(Base):
     """Every event_id processed once: QoS 1 re-delivery and outbox resends are dropped here."""
 
@@ -131,7 +152,48 @@ def open_database(url: str) -> sessionmaker[Session]:
     if engine.dialect.name == "sqlite":
         _sqlite_pragmas(engine)
     migrate(engine)
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    event.listen(factory, "after_flush", _count_new_baskets)
+    return factory
+
+
+def _count_new_baskets(session: Session, _context: Any) -> None:
+    """Every receipt added through any session of this database updates the co-occurrence counts in the
+    same transaction (so they can never disagree with the receipts)."""
+    for receipt in [obj for obj in session.new if isinstance(obj, Receipt)]:
+        count_basket(session, [(item.sku, item.name) for item in receipt.items])
+
+
+def count_basket(session: Session, items: list[tuple[str, str]]) -> None:
+    """Add one basket to item_stats and item_pairs with atomic upserts (safe under concurrent receipts)."""
+    names = dict(items)  # the newest name of each SKU in this basket
+    if not names:
+        return
+    stats = [{"sku": sku, "name": name, "baskets": 1} for sku, name in names.items()]
+    pairs = [{"sku": a, "other": b, "baskets": 1} for a in names for b in names if a != b]
+    connection = session.connection()
+    upsert: Any
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    elif connection.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    else:
+        raise NotImplementedError(f"item counts need an upsert; {connection.dialect.name} is not supported")
+    stat_table, pair_table = ItemStat.__table__, ItemPair.__table__
+    stmt = upsert(stat_table).values(stats)
+    connection.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["sku"],
+            set_={"baskets": stat_table.c.baskets + 1, "name": stmt.excluded.name},
+        )
+    )
+    if pairs:
+        stmt = upsert(pair_table).values(pairs)
+        connection.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["sku", "other"], set_={"baskets": pair_table.c.baskets + 1}
+            )
+        )
 
 
 def _alembic_config(connection: Any) -> Any:
@@ -206,26 +268,28 @@ def suggestions(session: Session, member_id: str, limit: int = 3) -> list[str]:
     "people who bought your items also bought"). The highest scores win; ties go to the SKU found in
     more baskets overall, then to the SKU code, so the answer is deterministic. A member with no
     purchase yet gets the store's most frequent SKUs. Names are the newest name seen for each SKU.
+
+    The counts live in item_pairs / item_stats (kept by `count_basket`), so the cost grows with the
+    member's own items and their neighbours, not with the number of receipts.
     """
-    rows = session.execute(select(ReceiptItem.receipt_id, ReceiptItem.sku, ReceiptItem.name)).all()
-    baskets: dict[int, set[str]] = {}
-    names: dict[str, str] = {}
-    for receipt_id, sku, name in rows:
-        baskets.setdefault(receipt_id, set()).add(sku)
-        names[sku] = name
     bought = set(
         session.scalars(
             select(ReceiptItem.sku).join(Receipt).where(Receipt.member_id == member_id).distinct()
         )
     )
-    popularity: Counter[str] = Counter(sku for basket in baskets.values() for sku in basket)
-    score: Counter[str] = Counter()
-    for basket in baskets.values():
-        shared = len(basket & bought)
-        if shared:
-            for sku in basket - bought:
-                score[sku] += shared
     if not bought:
-        score = Counter({sku: 1 for sku in popularity})
-    ranked = sorted(score, key=lambda sku: (-score[sku], -popularity[sku], sku))
-    return [names[sku][:40] for sku in ranked[:limit]]
+        top = session.execute(
+            select(ItemStat.name).order_by(ItemStat.baskets.desc(), ItemStat.sku).limit(limit)
+        )
+        return [name[:40] for (name,) in top]
+    score = func.sum(ItemPair.baskets)
+    ranked = session.execute(
+        select(ItemStat.name)
+        .select_from(ItemPair)
+        .join(ItemStat, ItemStat.sku == ItemPair.other)
+        .where(ItemPair.sku.in_(bought), ItemPair.other.not_in(bought))
+        .group_by(ItemPair.other, ItemStat.name, ItemStat.baskets)
+        .order_by(score.desc(), ItemStat.baskets.desc(), ItemPair.other)
+        .limit(limit)
+    )
+    return [name[:40] for (name,) in ranked]
