@@ -228,7 +228,13 @@ class Link:
     def _make_client(self) -> mqtt.Client:
         m = self.config.mqtt
         client = build_client(self.config, f"tillface-{self.topics.store}-{self.topics.till}")
-        client.enable_logger(logging.getLogger("tillface.link.paho"))
+        paho_log = logging.getLogger("tillface.link.paho")
+        # paho 2.2's loop thread may still run once after our own disconnect at shutdown and report
+        # "Client is not connected" as an error; while stopping that is expected, not a fault.
+        paho_log.addFilter(
+            lambda record: not (self._stop.is_set() and str(record.msg).startswith("Client is not connected"))
+        )
+        client.enable_logger(paho_log)
         client.max_inflight_messages_set(100)
         client.reconnect_delay_set(int(max(1, m.reconnect_backoff_s[0])), int(m.reconnect_backoff_s[1]))
         client.will_set(self.topics.status, b"offline", qos=1, retain=True)
