@@ -33,13 +33,29 @@ def lfw_identities(faces: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     return multi, single
 
 
+def pick_identities(
+    faces: Path, members: int, strangers: int, rng: random.Random, exclude: frozenset[str] = frozenset()
+) -> tuple[list[str], list[str]]:
+    """Members (LFW identities with >= 2 photos) and strangers (single-photo identities)."""
+    multi, single = lfw_identities(faces)
+    return rng.sample(sorted(set(multi) - exclude), members), rng.sample(
+        sorted(set(single) - exclude), strangers
+    )
+
+
 def build_scenario(
-    faces: Path, out: Path, members: int, strangers: int, seed: int = 0, **render: float
+    faces: Path,
+    out: Path,
+    members: int,
+    strangers: int,
+    seed: int = 0,
+    exclude: frozenset[str] = frozenset(),
+    **render: float,
 ) -> Scenario:
+    """`exclude`: identities not to draw (a held-back scenario shares no one with another)."""
     multi, single = lfw_identities(faces)
     rng = random.Random(seed)
-    member_ids = rng.sample(sorted(multi), members)
-    stranger_ids = rng.sample(sorted(single), strangers)
+    member_ids, stranger_ids = pick_identities(faces, members, strangers, rng, exclude)
     visits = [ScriptedVisit(read_rgb(faces / multi[m][1]), m) for m in member_ids]
     visits += [ScriptedVisit(read_rgb(faces / single[s]), s) for s in stranger_ids]
     rng.shuffle(visits)
