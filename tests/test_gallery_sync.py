@@ -134,6 +134,7 @@ def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, bro
         enrolled = peer.wait_for(lambda ms: peer.on("/ta/event/enrolled"), timeout=10)
         assert peer.on("/ta/event/enrolled")[0].json()["member_id"] == MEMBER
         spread = wait_health(peer, ["tb", "tc"], 1, timeout=10)
+        print(f"enrolment at A reached B and C (their health) in {spread:.2f} s")
         assert spread <= 2.0, f"the enrolment took {spread:.2f} s to reach tills B and C"
         assert enrolled
         for t in ("tb", "tc"):
@@ -157,6 +158,7 @@ def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, bro
         )
         peer.wait_for(lambda ms: peer.on("/ta/event/erased") and peer.on("/tb/event/erased"), timeout=10)
         acked = time.monotonic() - t0
+        print(f"erase acknowledged by A and B after {acked:.2f} s")
         assert acked <= 2.0, f"erase acknowledged after {acked:.2f} s"
         for t in ("ta", "tb"):
             ack = peer.on(f"/{t}/event/erased")[0].json()
