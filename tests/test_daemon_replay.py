@@ -94,11 +94,22 @@ def test_strangers_never_matched_and_members_never_confused(replay_run):
     for (see the closing note), so it is measured here, not asserted.
     """
     scenario, events, _daemon, _work, *_ = replay_run
+    correct, false_matches = recognition_outcome(scenario, events, "main")
+    assert false_matches == 0
+    assert correct >= 1, "no member recognised at all: the pipeline or gallery is broken"
+
+
+def recognition_outcome(scenario, events, label: str) -> tuple[int, int]:
+    """(members recognised, strangers matched), after checking that every scripted visit got its one
+    decision (plus at most one visitor→match upgrade), then `left`, and no member was confused."""
     by_visit = decisions_by_visit(events)
     ordered = sorted(by_visit.values(), key=lambda evs: events.index(evs[0]))
-    assert len(ordered) == len(scenario.truth)
+    assert len(ordered) == len(scenario.truth), f"{len(ordered)} visits for {len(scenario.truth)} scripted"
     correct = false_matches = 0
     for truth, evs in zip(scenario.truth, ordered, strict=True):
+        kinds = [e["event"] for e in evs]
+        decided = [k for k in kinds if k in ("match", "visitor")]
+        assert decided in (["match"], ["visitor"], ["visitor", "match"]) and kinds[-1] == "left", kinds
         matches = [e for e in evs if e["event"] == "match"]
         if truth.identity in scenario.members:
             assert all(m["member_id"] == truth.identity for m in matches), "a member matched as someone else"
@@ -107,11 +118,10 @@ def test_strangers_never_matched_and_members_never_confused(replay_run):
             false_matches += bool(matches)
     members = sum(1 for t in scenario.truth if t.identity in scenario.members)
     print(
-        f"members recognised {correct}/{members}, "
+        f"{label}: members recognised {correct}/{members}, "
         f"strangers matched {false_matches}/{len(scenario.truth) - members}"
     )
-    assert false_matches == 0
-    assert correct >= 1, "no member recognised at all: the pipeline or gallery is broken"
+    return correct, false_matches
 
 
 def test_held_back_scenario_one_decision_per_visit_and_no_false_match(faces_dir, tmp_path):
@@ -137,21 +147,7 @@ def test_held_back_scenario_one_decision_per_visit_and_no_false_match(faces_dir,
     events_path = tmp_path / "events.jsonl"
     assert Daemon(config, cfg, events_path, lockstep_replay=True).run() == 0
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
-    by_visit = decisions_by_visit(events)
-    ordered = sorted(by_visit.values(), key=lambda evs: events.index(evs[0]))
-    assert len(ordered) == len(scenario.truth), f"{len(ordered)} visits for {len(scenario.truth)} scripted"
-    correct = false_matches = 0
-    for truth, evs in zip(scenario.truth, ordered, strict=True):
-        kinds = [e["event"] for e in evs]
-        decisions = [k for k in kinds if k in ("match", "visitor")]
-        assert decisions in (["match"], ["visitor"], ["visitor", "match"]) and kinds[-1] == "left", kinds
-        matches = [e for e in evs if e["event"] == "match"]
-        if truth.identity in scenario.members:
-            assert all(m["member_id"] == truth.identity for m in matches), "a member matched as someone else"
-            correct += bool(matches)
-        else:
-            false_matches += bool(matches)
-    print(f"held back: members recognised {correct}/{MEMBERS}, strangers matched {false_matches}/{STRANGERS}")
+    _correct, false_matches = recognition_outcome(scenario, events, "held back")
     assert false_matches == 0
 
 

@@ -4,83 +4,20 @@ and an erase from the store reaches all of them, including one that was off duri
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from mqtt_peer import Peer
-from replay_fixtures import lfw_identities, write_config
-from tillface.config import load_config
+from replay_fixtures import lfw_identities
+from till_process import Till, decisions, health_members, render
 from tillface.events import utc_now
-from tillface.imageio import read_rgb
 from tillface.link.gallery_sync import erase_state, member_topic
-from tillface.recognition.gallery import GalleryStore, create_key_file, read_key_file
-from tillface.scenario import ScriptedVisit, render_visits
+from tillface.recognition.gallery import create_key_file
 
 STORE = "s1"
 MEMBER = "m-0001"
-FPS = 15
-
-
-def render(photo: Path, out: Path, seed: int, pad_s: float) -> Path:
-    """One visit, then `pad_s` seconds of empty shop (hard links: cheap) so the unit stays up."""
-    tmp = out.with_name(out.name + ".tmp")
-    render_visits([ScriptedVisit(read_rgb(photo), "p")], tmp, fps=FPS, gap_s=1.0, seed=seed)
-    frames = sorted(tmp.glob("*.jpg"))
-    for i in range(int(pad_s * FPS)):
-        os.link(frames[-1], tmp / f"{len(frames) + i:06d}.jpg")
-    return tmp
-
-
-def show(tmp: Path, out: Path) -> None:
-    tmp.rename(out)  # the camera "comes back": the unit reopens it with back-off
-
-
-class Unit:
-    def __init__(self, work: Path, till: str, port: int, key: Path) -> None:
-        self.till = till
-        self.state = work / till
-        self.state.mkdir(parents=True)
-        self.cam = work / f"cam-{till}"
-        extra = (
-            "reopen_backoff_s = [0.2, 0.5]\n"
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nhealth_interval_s = 0.5\n'
-            "reconnect_backoff_s = [0.2, 1.0]\n"
-        )
-        self.cfg = write_config(work / f"{till}.toml", self.state, f"replay:{self.cam}", FPS, extra)
-        self.cfg.write_text(self.cfg.read_text().replace('till_id = "t1"', f'till_id = "{till}"'))
-        shutil.copy(key, self.state / "gallery.key")
-        os.chmod(self.state / "gallery.key", 0o600)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tillface", "run", "--config", str(self.cfg)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.state / "log.txt", "ab"),  # noqa: SIM115
-        )
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
-
-    def members_on_disk(self) -> list[str]:
-        config = load_config(self.cfg)
-        store = GalleryStore(config.gallery.file, read_key_file(config.gallery.key_file))
-        store.load()
-        return store.members()
-
-
-def health_members(peer: Peer, till: str) -> int | None:
-    msgs = peer.on(f"/{till}/health")
-    return msgs[-1].json()["gallery_members"] if msgs else None
 
 
 def wait_health(peer: Peer, tills: list[str], members: int, timeout: float) -> float:
@@ -88,14 +25,6 @@ def wait_health(peer: Peer, tills: list[str], members: int, timeout: float) -> f
     t0 = time.monotonic()
     peer.wait_for(lambda _ms: all(health_members(peer, t) == members for t in tills), timeout=timeout)
     return time.monotonic() - t0
-
-
-def decisions(peer: Peer, till: str) -> list[dict]:
-    return [
-        {**m.json(), "event": m.topic.rsplit("/", 1)[-1]}
-        for m in peer.messages
-        if f"/{till}/event/" in m.topic and m.topic.rsplit("/", 1)[-1] in ("match", "visitor")
-    ]
 
 
 @pytest.fixture
@@ -107,10 +36,10 @@ def photo(faces_dir: Path) -> Path:
 def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, broker, photo):
     key = tmp_path / "store.key"
     create_key_file(key)  # one store key: every till's gallery and the wire
-    units = {t: Unit(tmp_path, t, broker.port, key) for t in ("ta", "tb", "tc")}
+    units = {t: Till(tmp_path, t, broker.port, key) for t in ("ta", "tb", "tc")}
     peer = Peer(broker.port, [f"tillface/{STORE}/#"], client_id="store")
     pending = {
-        t: render(photo, u.cam, seed=i + 1, pad_s=45 if t == "ta" else 25)
+        t: render(photo, u.cam, f"{t}-1", seed=i + 1, pad_s=45 if t == "ta" else 25)
         for i, (t, u) in enumerate(units.items())
     }
     try:
@@ -119,7 +48,7 @@ def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, bro
         peer.wait_for(lambda ms: all(health_members(peer, t) == 0 for t in units), timeout=60)
 
         # A customer at till A is a visitor; the cashier enrols her with consent.
-        show(pending["ta"], units["ta"].cam)
+        units["ta"].show(pending["ta"])
         visitor = peer.wait_for(lambda ms: decisions(peer, "ta"), timeout=60) and decisions(peer, "ta")[0]
         assert visitor["event"] == "visitor"
         peer.send(
@@ -141,8 +70,8 @@ def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, bro
             assert units[t].members_on_disk() == [MEMBER]
 
         # She walks up to tills B and C: recognised by name.
-        show(pending["tb"], units["tb"].cam)
-        show(pending["tc"], units["tc"].cam)
+        units["tb"].show(pending["tb"])
+        units["tc"].show(pending["tc"])
         peer.wait_for(lambda ms: decisions(peer, "tb") and decisions(peer, "tc"), timeout=60)
         for t in ("tb", "tc"):
             first = decisions(peer, t)[0]
@@ -172,9 +101,7 @@ def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, bro
 
         # Till C comes back with her in front of it: it applies the erase before deciding.
         assert units["tc"].members_on_disk() == [MEMBER]
-        shutil.rmtree(units["tc"].cam)
-        again = render(photo, units["tc"].cam.with_name("cam-tc2"), seed=9, pad_s=5)
-        show(again, units["tc"].cam)
+        units["tc"].show(render(photo, units["tc"].cam, "tc-2", seed=9, pad_s=5))
         before = len(decisions(peer, "tc"))
         units["tc"].start()
         peer.wait_for(lambda ms: len(decisions(peer, "tc")) > before, timeout=60)
@@ -187,6 +114,6 @@ def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, bro
         for u in units.values():
             u.stop()
         peer.close()
-    logs = "".join((u.state / "log.txt").read_text() for u in units.values())
+    logs = "".join(u.log() for u in units.values())
     assert "Traceback" not in logs
     assert json.dumps(visitor)  # the visitor payload is plain JSON
