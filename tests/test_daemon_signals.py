@@ -40,6 +40,17 @@ def test_sighup_reloads_and_sigterm_stops(tmp_path):
         )
         assert reload.returncode == 0, reload.stderr
         assert wait_for(log, "match_threshold 0.970, margin 0.030"), log.read_text()
+        # The running daemon owns the gallery: a local change would be overwritten, so it is refused.
+        erase = subprocess.run(
+            [sys.executable, "-m", "tillface", "gallery", "erase", "someone", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+        )
+        assert erase.returncode == 75 and f"the daemon is running (pid {proc.pid})" in erase.stderr
+        listing = subprocess.run(
+            [sys.executable, "-m", "tillface", "gallery", "list", "--config", str(cfg)], capture_output=True
+        )
+        assert listing.returncode == 0  # reading is fine
         # A broken config on reload is refused and the daemon keeps running.
         cfg.write_text(cfg.read_text().replace("margin = 0.03", "margin = 5"))
         os.kill(proc.pid, signal.SIGHUP)
