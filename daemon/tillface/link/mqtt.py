@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -174,14 +174,10 @@ def probe_broker(config: Config, timeout_s: float = 5.0) -> str:
 
 @dataclass
 class LinkStats:
-    published: int = 0
-    acked: int = 0
-    commands: int = 0
-    errors: int = 0
-    gallery_applied: int = 0
+    """What the link state (health, doctor) is made of."""
+
     connects: int = 0
-    refused: str | None = None
-    started: float = field(default_factory=time.monotonic)
+    refused: str | None = None  # the broker's reason while it refuses us
 
 
 class Link:
@@ -316,7 +312,6 @@ class Link:
         # Whatever the sender put in (lone surrogates included) must still make a valid UTF-8 answer.
         reason = _printable(reason)
         request_id = _printable(request_id) if request_id else None
-        self.stats.errors += 1
         log.warning("command on %s refused: %s", topic, reason)
         record = {"event": "error", **self._envelope(), "topic": topic, "request_id": request_id}
         record["reason"] = reason[:200]
@@ -345,7 +340,7 @@ class Link:
             except queue.Empty:
                 pass
             if acked:
-                self.stats.acked += self.outbox.ack(acked)
+                self.outbox.ack(acked)
             sent = 0
             if self._connected.is_set() and len(inflight) < WINDOW:
                 for row in self.outbox.pending(cursor, limit=min(200, WINDOW - len(inflight))):
@@ -355,7 +350,6 @@ class Link:
                     inflight[info.mid] = row.id
                     cursor = row.id
                     sent += 1
-                self.stats.published += sent
             if not sent and not acked:
                 self._wake.wait(0.2)
                 self._wake.clear()
@@ -446,7 +440,6 @@ class Link:
                 log.exception("link worker: %s on %s failed", kind or "health", topic if kind else "-")
 
     def _command(self, topic: str, raw: bytes) -> None:
-        self.stats.commands += 1
         name = topic.rsplit("/", 1)[-1]
         try:
             command = parse_command(name, raw)
@@ -523,17 +516,15 @@ class Link:
         except (SyncError, ValueError) as exc:
             log.error("gallery message on %s ignored: %s", topic, exc)
             return
-        if changed:
-            self.stats.gallery_applied += 1
-            if state.erased:
-                record = {
-                    "event": "erased",
-                    **self._envelope(),
-                    "member_id": member_id,
-                    "gallery_version": self.gallery.version,
-                    "found": found,
-                }
-                self.publish_event(record)
+        if changed and state.erased:
+            record = {
+                "event": "erased",
+                **self._envelope(),
+                "member_id": member_id,
+                "gallery_version": self.gallery.version,
+                "found": found,
+            }
+            self.publish_event(record)
 
     def _marker_back(self, payload: bytes) -> None:
         if payload.decode(errors="replace") != self._marker:
