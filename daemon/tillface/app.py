@@ -76,6 +76,28 @@ def pid_file(config: Config) -> Path:
     return config.unit.state_dir / "tillface.pid"
 
 
+def running_daemon_pid(config: Config) -> int | None:
+    """The pid of a live daemon from `<state_dir>/tillface.pid`, or None (no file, a stale pid)."""
+    try:
+        pid = int(pid_file(config).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    try:
+        if b"tillface" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None  # the pid was reused by something else after a crash
+    except OSError:
+        pass
+    return pid
+
+
 def decision_rules(config: Config) -> DecisionRules:
     r = config.recognition
     return DecisionRules(

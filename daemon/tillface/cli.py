@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 EXIT_USAGE = 64
 EXIT_DATAERR = 65
 EXIT_SOFTWARE = 70
+EXIT_DAEMON_RUNNING = 75  # EX_TEMPFAIL: try again once the service is stopped
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops restart loops on a bad config
 
 
@@ -190,7 +191,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     if args.action != "list":
-        from .monitor import running_daemon_pid
+        from .app import running_daemon_pid
 
         pid = running_daemon_pid(config)
         if pid is not None:
@@ -200,7 +201,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
                 "stop it first (systemctl stop tillface), or erase store-wide from the store server",
                 file=sys.stderr,
             )
-            return 75
+            return EXIT_DAEMON_RUNNING
     try:
         gallery = open_gallery(config, args.config)
     except ConfigError as exc:

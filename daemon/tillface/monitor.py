@@ -13,7 +13,6 @@ memory like the daemon's; only scores and member ids are shown.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -22,34 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .app import Daemon, FrameReport, pid_file
+from .app import Daemon, FrameReport, pid_file, running_daemon_pid
 from .config import Config, QualityConfig
 from .system.notify import Notifier
 from .vision.quality import Quality, gate
 
 EXIT_DAEMON_RUNNING = 75  # EX_TEMPFAIL: try again once the service is stopped
-
-
-def running_daemon_pid(config: Config) -> int | None:
-    """The pid of a live daemon from `<state_dir>/tillface.pid`, or None (no file, a stale pid)."""
-    try:
-        pid = int(pid_file(config).read_text(encoding="ascii").strip())
-    except (OSError, ValueError):
-        return None
-    if pid == os.getpid():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, another user's
-    try:
-        if b"tillface" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return None  # the pid was reused by something else after a crash
-    except OSError:
-        pass
-    return pid
 
 
 def dry_run_config(config: Config) -> Config:
