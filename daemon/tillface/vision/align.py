@@ -1,20 +1,25 @@
-"""Face alignment: BlazeFace keypoints -> the 150×150 RGB chip that dlib's ResNet expects.
+"""Face alignment: BlazeFace keypoints -> the face chip an embedder expects.
 
-dlib's chip is `get_face_chip(img, shape_5pt, size=150, padding=0.25)`. BlazeFace does not detect
-dlib's 5 points, so the chip is reproduced from a BlazeFace template: where each BlazeFace keypoint
-lands, on average, inside dlib's chip. A least-squares similarity transform (rotation, uniform
-scale, translation) maps the chosen keypoints onto that template, and the image is warped bilinearly.
+Each embedder was trained on chips of one geometry (`ChipGeometry`, named in the model manifest):
+- `dlib-150`: dlib's `get_face_chip(img, shape_5pt, size=150, padding=0.25)`, for dlib's ResNet;
+- `arcface-112`: the 112×112 chip of the ArcFace 5-point template (OpenCV's
+  `FaceRecognizerSF.alignCrop`), for SFace.
+BlazeFace does not detect those 5 points, so each chip is reproduced from a BlazeFace template: where
+each BlazeFace keypoint lands, on average, inside that chip. A least-squares similarity transform
+(rotation, uniform scale, translation) maps the chosen keypoints onto that template, and the image is
+warped bilinearly.
 Large faces are first shrunk with a Gaussian pyramid, as dlib does, to avoid aliasing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-CHIP_SIZE = 150
+CHIP_SIZE = 150  # dlib's chip
 
 # Where BlazeFace's keypoints land in dlib's 150×150 chip (padding 0.25), in chip pixels (pixel-centre
 # convention), BlazeFace order: subject's right eye, left eye, nose tip, mouth centre, right ear
@@ -53,6 +58,51 @@ TEMPLATE = (TEMPLATE_SHORT + TEMPLATE_FULL) / 2
 # the ear tragions (very noisy) lowered it, and weighting the eyes or mouth changed it by < 0.0003.
 DEFAULT_KEYPOINTS: tuple[int, ...] = (0, 1, 3)
 DEFAULT_WEIGHTS: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+
+# Where BlazeFace's keypoints land in the ArcFace 112×112 chip (same order as above). Derived by
+# scripts/calibrate_alignment.py --target arcface-112 (seed 0): YuNet's 5 landmarks (OpenCV Zoo
+# face_detection_yunet_2023mar) fitted to the ArcFace template [38.29, 51.70], [73.53, 51.50],
+# [56.03, 71.74], [41.55, 92.37], [70.73, 92.20] give the chip (this reproduces OpenCV's
+# FaceRecognizerSF.alignCrop exactly); BlazeFace short-range keypoints (padding fallback on) are mapped
+# into it. 481 faces-dev faces with exactly one YuNet face; each value is the median over the 260 of the
+# calibration half. Median deviations (chip px): eyes 2.9-3.2, nose 5.2, mouth 3.6, ears 7.5-8. On the
+# 221 held-out faces, SFace's descriptor of the eyes+mouth chip has cosine 0.93 (mean) to that of
+# OpenCV's own chip; adding the nose or the ears lowers it.
+TEMPLATE_ARCFACE = np.array(
+    [
+        [36.68, 52.83],
+        [74.65, 52.59],
+        [55.46, 74.24],
+        [55.44, 93.52],
+        [16.97, 62.23],
+        [95.93, 61.92],
+    ],
+    dtype=np.float64,
+)
+
+
+@dataclass(frozen=True)
+class ChipGeometry:
+    """An embedder's chip: its size and where BlazeFace's keypoints belong in it."""
+
+    name: str
+    size: int
+    template: np.ndarray  # 6×2, chip pixels, BlazeFace keypoint order
+    keypoints: tuple[int, ...] = DEFAULT_KEYPOINTS  # the keypoints fitted: eyes and mouth centre
+
+
+GEOMETRIES: dict[str, ChipGeometry] = {
+    "dlib-150": ChipGeometry("dlib-150", CHIP_SIZE, TEMPLATE),
+    "arcface-112": ChipGeometry("arcface-112", 112, TEMPLATE_ARCFACE),
+}
+
+
+def geometry(name: str) -> ChipGeometry:
+    try:
+        return GEOMETRIES[name]
+    except KeyError:
+        raise ValueError(f"unknown chip geometry {name!r} (known: {', '.join(sorted(GEOMETRIES))})") from None
 
 
 def template_for(variant: str) -> np.ndarray:
@@ -146,9 +196,15 @@ def align_to_chip(
     template: np.ndarray | None = None,
     use: Sequence[int] = DEFAULT_KEYPOINTS,
     weights: Sequence[float] | None = None,
+    size: int = CHIP_SIZE,
 ) -> np.ndarray:
-    """A uint8 150×150×3 RGB chip in dlib's face-chip geometry, from BlazeFace's 6 keypoints."""
+    """A uint8 size×size×3 RGB chip from BlazeFace's 6 keypoints (default: dlib's 150×150 chip)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 H×W×3 image, got {rgb.dtype} {rgb.shape}")
     m = chip_transform(keypoints6, template, use, weights)
-    return warp_to_chip(rgb, m, CHIP_SIZE)
+    return warp_to_chip(rgb, m, size)
+
+
+def align_for(rgb: np.ndarray, keypoints6: np.ndarray, chip: ChipGeometry) -> np.ndarray:
+    """The chip of geometry `chip` for one face."""
+    return align_to_chip(rgb, keypoints6, chip.template, chip.keypoints, size=chip.size)
