@@ -104,7 +104,7 @@ def test_minimal_config_has_documented_defaults() -> None:
     cfg = parse_config(MINIMAL)
     assert cfg.camera.fps == 15 and (cfg.camera.width, cfg.camera.height) == (640, 480)
     assert cfg.camera.roi == (0.0, 0.0, 1.0, 1.0)
-    assert cfg.vision.detector == "short" and cfg.vision.embedder == "dlib-resnet-v1-int8"
+    assert cfg.vision.detector == "short" and cfg.vision.embedder == "sface-2021dec-int8"
     assert cfg.recognition.match_threshold == 0.96 and cfg.recognition.enroll_ttl_s == 120
     assert cfg.gallery.key_credential == "gallery.key"
     assert cfg.display.driver == "none"

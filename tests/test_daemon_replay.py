@@ -88,15 +88,12 @@ def test_one_decision_per_visit(replay_run):
 
 
 def test_strangers_never_matched_and_members_never_confused(replay_run):
-    """With the default thresholds no stranger is matched and no member is taken for another.
-
-    The recognition rate is printed: on these LFW photos it is below the 90% the daemon issue asks
-    for (see the closing note), so it is measured here, not asserted.
-    """
+    """With the default thresholds no stranger is matched, no member is taken for another, and at
+    least 90% of the members' visits end in their match (issue 3)."""
     scenario, events, _daemon, _work, *_ = replay_run
     correct, false_matches = recognition_outcome(scenario, events, "main")
     assert false_matches == 0
-    assert correct >= 1, "no member recognised at all: the pipeline or gallery is broken"
+    assert correct >= 0.9 * MEMBERS, f"{correct}/{MEMBERS} members recognised"
 
 
 def recognition_outcome(scenario, events, label: str) -> tuple[int, int]:
@@ -124,7 +121,9 @@ def recognition_outcome(scenario, events, label: str) -> tuple[int, int]:
     return correct, false_matches
 
 
-def test_held_back_scenario_one_decision_per_visit_and_no_false_match(faces_dir, tmp_path):
+def test_held_back_scenario_one_decision_per_visit_no_false_match_and_90_percent_recognised(
+    faces_dir, tmp_path
+):
     """The same shape with other people (none of them in the scenario above), other backgrounds and
     other motion: still exactly one decision per visit, no stranger matched, no member confused."""
     import random
@@ -147,8 +146,9 @@ def test_held_back_scenario_one_decision_per_visit_and_no_false_match(faces_dir,
     events_path = tmp_path / "events.jsonl"
     assert Daemon(config, cfg, events_path, lockstep_replay=True).run() == 0
     events = [json.loads(line) for line in events_path.read_text().splitlines()]
-    _correct, false_matches = recognition_outcome(scenario, events, "held back")
+    correct, false_matches = recognition_outcome(scenario, events, "held back")
     assert false_matches == 0
+    assert correct >= 0.9 * MEMBERS, f"{correct}/{MEMBERS} members recognised"
 
 
 def test_event_payloads_carry_the_contract_fields(replay_run):

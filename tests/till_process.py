@@ -67,7 +67,9 @@ class Till:
 
     def members_on_disk(self) -> list[str]:
         config = load_config(self.cfg)
-        store = GalleryStore(config.gallery.file, read_key_file(config.gallery.key_file))
+        store = GalleryStore(
+            config.gallery.file, read_key_file(config.gallery.key_file), embedder=config.vision.embedder
+        )
         store.load()
         return store.members()
 

@@ -43,7 +43,7 @@ def open_gallery(config: Config, config_path: Path | None) -> GalleryStore:
         key = load_key(config.gallery.key_file, config.gallery.key_credential)
     except GalleryError as exc:
         raise ConfigError(f"{config_path or 'config'}: gallery.key_file: {exc}") from None
-    gallery = GalleryStore(config.gallery.file, key)
+    gallery = GalleryStore(config.gallery.file, key, embedder=config.vision.embedder)
     gallery.load()
     return gallery
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .models import DEFAULT_EMBEDDER
 
 if TYPE_CHECKING:
     from .config import Config
@@ -43,7 +44,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .vision.pipeline import FacePipeline
 
         return TillfaceStillPipeline(
-            FacePipeline.from_manifest(detector=args.detector, num_threads=args.threads)
+            FacePipeline.from_manifest(
+                detector=args.detector, embedder=args.embedder, num_threads=args.threads
+            )
         )
 
     result = run_eval(make_pipeline, images, labels, limit=args.limit, progress=not args.quiet)
@@ -319,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pipeline", choices=["tillface", "dlib-reference"], default="tillface")
     p.add_argument("--detector", choices=["short", "full"], default="short", help="BlazeFace variant")
+    p.add_argument(
+        "--embedder", default=DEFAULT_EMBEDDER, help=f"embedder model id (default {DEFAULT_EMBEDDER})"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, help="only the first N labelled images (quick checks)")
     p.add_argument("--json", type=Path, help="write all figures as JSON")

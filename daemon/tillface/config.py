@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .models import DEFAULT_EMBEDDER
+
 DEFAULT_STATE_DIR = Path("/var/lib/tillface")
 CAMERA_SOURCE_KINDS = ("picamera2", "opencv", "replay")
 _ID_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
@@ -169,7 +171,7 @@ class VisionConfig(Section):
         default="short", description="BlazeFace model: short (faces within ~2 m) or full range"
     )
     embedder: str = Field(
-        default="dlib-resnet-v1-int8",
+        default=DEFAULT_EMBEDDER,
         pattern=r"^[A-Za-z0-9._-]+$",
         description="embedding model id in the manifest",
     )
@@ -216,10 +218,10 @@ class QualityConfig(Section):
 
 class RecognitionConfig(Section):
     match_threshold: float = Field(
-        default=0.96, ge=-1.0, le=1.0, description="minimum cosine similarity of the best member for a match"
+        default=0.5, ge=-1.0, le=1.0, description="minimum cosine similarity of the best member for a match"
     )
     margin: float = Field(
-        default=0.02, ge=0.0, le=1.0, description="minimum cosine gap between best and next member"
+        default=0.05, ge=0.0, le=1.0, description="minimum cosine gap between best and next member"
     )
     min_frames: int = Field(default=3, ge=1, le=100, description="good frames needed before deciding")
     decision_timeout_ms: int = Field(
@@ -233,7 +235,7 @@ class RecognitionConfig(Section):
     )
     allow_upgrade: bool = Field(default=True, description="allow one later, better decision per visit")
     same_person_threshold: float = Field(
-        default=0.9,
+        default=0.4,
         ge=-1.0,
         le=1.0,
         description="cosine above which a face that takes over a visit is the same customer",

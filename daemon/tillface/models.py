@@ -14,6 +14,11 @@ from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 
+# The embedder a unit runs unless `[vision] embedder` says otherwise.
+DEFAULT_EMBEDDER = "sface-2021dec-int8"
+# The only embedder before galleries recorded theirs: a gallery file without `embedder` holds its templates.
+LEGACY_EMBEDDER = "dlib-resnet-v1-int8"
+
 
 class ModelError(RuntimeError):
     """A model file is missing, unknown or does not match the manifest."""

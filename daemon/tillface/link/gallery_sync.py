@@ -30,6 +30,8 @@ NONCE_SIZE = 12
 
 
 class EncryptedTemplates(Payload):
+    # Model id of the embedder that made them: a till running another embedder must not use them.
+    embedder: Id
     count: int = Field(ge=1, le=64)
     dim: int = Field(ge=1, le=4096)
     ids: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]]
@@ -55,18 +57,26 @@ def member_topic(root: str, store: str, member_id: str) -> str:
     return f"{root}/{store}/gallery/members/{member_id}"
 
 
-def _aad(store: str, member_id: str, revision: int) -> bytes:
-    # Binds the ciphertext to its member and revision: it cannot be replayed onto another member.
-    return f"tillface-gallery/1/{store}/{member_id}/{revision}".encode()
+def _aad(store: str, member_id: str, revision: int, embedder: str) -> bytes:
+    # Binds the ciphertext to its member, revision and embedder: it cannot be replayed onto another
+    # member, nor relabelled as another embedder's templates.
+    return f"tillface-gallery/1/{store}/{member_id}/{revision}/{embedder}".encode()
 
 
 def encrypt_templates(
-    key: bytes, store: str, member_id: str, revision: int, ids: list[str], matrix: np.ndarray
+    key: bytes,
+    store: str,
+    member_id: str,
+    revision: int,
+    ids: list[str],
+    matrix: np.ndarray,
+    embedder: str,
 ) -> EncryptedTemplates:
     rows = np.ascontiguousarray(matrix, dtype="<f4")
     nonce = os.urandom(NONCE_SIZE)
-    sealed = AESGCM(key).encrypt(nonce, rows.tobytes(), _aad(store, member_id, revision))
+    sealed = AESGCM(key).encrypt(nonce, rows.tobytes(), _aad(store, member_id, revision, embedder))
     return EncryptedTemplates(
+        embedder=embedder,
         count=rows.shape[0],
         dim=rows.shape[1],
         ids=list(ids),
@@ -74,10 +84,16 @@ def encrypt_templates(
     )
 
 
-def decrypt_templates(key: bytes, state: MemberState) -> list[tuple[str, np.ndarray]]:
+def decrypt_templates(key: bytes, state: MemberState, embedder: str) -> list[tuple[str, np.ndarray]]:
+    """The templates of a state, which must have been made by `embedder` (this till's)."""
     enc = state.templates
     if enc is None:
         raise SyncError(f"member {state.member_id}: not erased but carries no templates")
+    if enc.embedder != embedder:
+        raise SyncError(
+            f"member {state.member_id}: templates.embedder is {enc.embedder!r} but this till runs "
+            f"{embedder!r}; the store's tills must run the same embedder"
+        )
     if len(enc.ids) != enc.count:
         raise SyncError(f"member {state.member_id}: {len(enc.ids)} template ids for {enc.count} templates")
     try:
@@ -86,7 +102,9 @@ def decrypt_templates(key: bytes, state: MemberState) -> list[tuple[str, np.ndar
         raise SyncError(f"member {state.member_id}: templates.ciphertext is not base64") from None
     try:
         plain = AESGCM(key).decrypt(
-            blob[:NONCE_SIZE], blob[NONCE_SIZE:], _aad(state.store, state.member_id, state.revision)
+            blob[:NONCE_SIZE],
+            blob[NONCE_SIZE:],
+            _aad(state.store, state.member_id, state.revision, enc.embedder),
         )
     except (InvalidTag, ValueError):
         raise SyncError(
@@ -115,6 +133,7 @@ def state_of(
         revision,
         [t.id for t in templates],
         np.stack([t.embedding for t in templates]),
+        gallery.embedder,
     )
     return MemberState(
         store=store, member_id=member_id, revision=revision, origin=origin, ts=ts, erased=False, templates=enc
@@ -134,5 +153,5 @@ def apply_state(gallery: GalleryStore, key: bytes, state: MemberState) -> bool:
     if state.revision <= known:
         return False  # nothing to decrypt for an old copy
     return gallery.apply_remote(
-        state.member_id, state.revision, decrypt_templates(key, state), origin=state.origin
+        state.member_id, state.revision, decrypt_templates(key, state, gallery.embedder), origin=state.origin
     )

@@ -8,8 +8,10 @@ can never be mistaken for this one. The plaintext, which only ever exists in mem
     | member index (n x <u4) | created (n x <f8, Unix seconds) | source index (n x u1)
     | embeddings (n x dim x <f4, L2-normalised)
 
-The header holds the gallery version, dim, n, the member id list, the source names, each member's
-sync revision and the tombstones of erased members (member id -> revision, no biometrics). 100k templates
+The header holds the gallery version, the embedder that made the templates (model id; templates of two
+embedders cannot be compared, so a file of another embedder is refused), dim, n, the member id list,
+the source names, each member's sync revision and the tombstones of erased members (member id ->
+revision, no biometrics). 100k templates
 of 128 floats are ~52 MB and save or load in well under a second: no per-float text anywhere.
 
 Key: 32 bytes from the systemd credential `$CREDENTIALS_DIRECTORY/<key_credential>` when present, else
@@ -45,6 +47,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..models import DEFAULT_EMBEDDER, LEGACY_EMBEDDER
 from .matcher import Matcher
 
 if TYPE_CHECKING:
@@ -223,10 +226,13 @@ class GalleryStore:
     a store whose file failed to load, so a bad key never overwrites the last good file.
     """
 
-    def __init__(self, path: str | Path, key: bytes, dim: int = DEFAULT_DIM) -> None:
+    def __init__(
+        self, path: str | Path, key: bytes, dim: int = DEFAULT_DIM, *, embedder: str = DEFAULT_EMBEDDER
+    ) -> None:
         if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
             raise GalleryError(f"the gallery key must be {KEY_SIZE} bytes")
         self.path = Path(path)
+        self.embedder = embedder  # model id of the embedder whose templates this gallery holds
         self._aead = AESGCM(bytes(key))  # the raw key is not kept on the store
         self._dim = int(dim)
         self._lock = threading.RLock()
@@ -241,9 +247,14 @@ class GalleryStore:
         self._matcher_cache: tuple[int, Matcher] | None = None
 
     @classmethod
-    def from_config(cls, config: GalleryConfig, credentials_dir: str | Path | None = None) -> GalleryStore:
+    def from_config(
+        cls,
+        config: GalleryConfig,
+        credentials_dir: str | Path | None = None,
+        embedder: str = DEFAULT_EMBEDDER,
+    ) -> GalleryStore:
         key = load_key(config.key_file, config.key_credential, credentials_dir)
-        return cls(config.file, key)
+        return cls(config.file, key, embedder=embedder)
 
     def __repr__(self) -> str:
         return f"GalleryStore({str(self.path)!r}, version={self._version}, templates={self.size})"
@@ -295,7 +306,14 @@ class GalleryStore:
                 return
             except OSError as exc:
                 raise GalleryError(f"cannot read gallery file {self.path}: {exc.strerror}") from None
-            members, version, dim, revisions, tombstones = self._decode(blob)
+            members, version, dim, revisions, tombstones, embedder = self._decode(blob)
+            if embedder != self.embedder and members:
+                raise GalleryError(
+                    f"gallery file {self.path} holds templates made by embedder {embedder!r}, but this unit "
+                    f"runs {self.embedder!r} ([vision] embedder); templates of two embedders cannot be "
+                    "compared. Set [vision] embedder back, or enrol the members again into a new gallery "
+                    "file (tillface gallery import); the file was left untouched"
+                )
             self._members, self._version, self._dim = members, version, dim
             self._revisions, self._tombstones = revisions, tombstones
             self._matcher_cache = None
@@ -335,6 +353,7 @@ class GalleryStore:
             {
                 "format": FORMAT_VERSION,
                 "version": self._version,
+                "embedder": self.embedder,
                 "dim": self._dim,
                 "count": n,
                 "members": member_ids,
@@ -370,7 +389,7 @@ class GalleryStore:
 
     def _decode(
         self, blob: bytes
-    ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int]]:
+    ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int], str]:
         where = f"gallery file {self.path}"
         if len(blob) < len(MAGIC) + NONCE_SIZE + TAG_SIZE:
             raise GalleryError(f"{where} is truncated ({len(blob)} bytes); it was left untouched")
@@ -393,12 +412,13 @@ class GalleryStore:
     @staticmethod
     def _parse(
         plaintext: bytes,
-    ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int]]:
+    ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int], str]:
         (header_len,) = struct.unpack_from(">I", plaintext, 0)
         header = json.loads(plaintext[4 : 4 + header_len])
         if header["format"] != FORMAT_VERSION:
             raise ValueError(f"format {header['format']} is not supported")
         n, dim, version = int(header["count"]), int(header["dim"]), int(header["version"])
+        embedder = str(header.get("embedder", LEGACY_EMBEDDER))
         member_ids: list[str] = [str(m) for m in header["members"]]
         # Files written before store sync have no revisions: every member is at revision 0.
         revision_list = [int(r) for r in header.get("revisions", [0] * len(member_ids))]
@@ -435,7 +455,7 @@ class GalleryStore:
             template = Template(ids[16 * i : 16 * i + 16].hex(), member, row, ts, source_names[si])
             out.setdefault(member, []).append(template)
         revisions = {m: r for m, r in zip(member_ids, revision_list, strict=True) if m in out}
-        return out, version, dim, revisions, tombstones
+        return out, version, dim, revisions, tombstones, embedder
 
     # -------------------------------------------------------------- changes
 

@@ -46,7 +46,7 @@ def check_gallery(config: Config) -> str:
         key = load_key(config.gallery.key_file, config.gallery.key_credential)
     except GalleryError as exc:
         raise RuntimeError(f"gallery.key_file: {exc}") from None
-    store = GalleryStore(config.gallery.file, key)
+    store = GalleryStore(config.gallery.file, key, embedder=config.vision.embedder)
     store.load()
     if not config.gallery.file.exists():
         return f"no gallery file yet at {config.gallery.file} (empty gallery); key ok"
