@@ -165,7 +165,7 @@ def bench(events: int, work: Path) -> dict[str, Any]:
         config = load_config(write_config(work / "bench.toml", state, broker.port, events))
         create_key_file(config.gallery.key_file)
         key = read_key_file(config.gallery.key_file)
-        gallery = GalleryStore(config.gallery.file, key)
+        gallery = GalleryStore(config.gallery.file, key, embedder=config.vision.embedder)
         gallery.load()
 
         rng = random.Random(1)
