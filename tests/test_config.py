@@ -105,7 +105,7 @@ def test_minimal_config_has_documented_defaults() -> None:
     assert cfg.camera.fps == 15 and (cfg.camera.width, cfg.camera.height) == (640, 480)
     assert cfg.camera.roi == (0.0, 0.0, 1.0, 1.0)
     assert cfg.vision.detector == "short" and cfg.vision.embedder == "sface-2021dec-int8"
-    assert cfg.recognition.match_threshold == 0.96 and cfg.recognition.enroll_ttl_s == 120
+    assert cfg.recognition.match_threshold == 0.5 and cfg.recognition.enroll_ttl_s == 120
     assert cfg.gallery.key_credential == "gallery.key"
     assert cfg.display.driver == "none"
     assert cfg.debug.capture_frames is False and cfg.warnings() == []
@@ -135,7 +135,7 @@ def test_warnings_and_redacted() -> None:
     assert len(cfg.warnings()) == 1 and "capture_frames" in cfg.warnings()[0]
     dump = cfg.redacted()
     assert json.loads(json.dumps(dump)) == dump
-    assert dump["recognition"]["match_threshold"] == 0.96
+    assert dump["recognition"]["match_threshold"] == 0.5
     assert dump["gallery"]["key_credential"] == "gallery.key"  # a name, not a secret
 
 
