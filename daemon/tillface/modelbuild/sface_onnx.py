@@ -31,7 +31,7 @@ arithmetic), so the exported channels-last graph needs no transpose before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -340,17 +340,11 @@ def max_form(net: SFaceNet) -> SFaceNet:
                 raise SFaceFormatError(f"{nxt.name}: cannot absorb a channel factor (groups {nxt.groups})")
         else:
             fc_weight = fc_weight * np.repeat(factor, hw)[None, :]
-    return SFaceNet(
+    return replace(
+        net,
         convs=convs,
         fc_weight=fc_weight,
         fc_bias=net.fc_bias.copy(),
-        feature_shape=net.feature_shape,
-        input_mean=net.input_mean,
-        input_scale=net.input_scale,
-        input_pad=net.input_pad,
-        input_name=net.input_name,
-        output_name=net.output_name,
-        opset=net.opset,
         info=dict(net.info),
         activation="max",
     )
@@ -397,17 +391,11 @@ def equalize(net: SFaceNet, ranges: list[np.ndarray], alpha: float = 0.5) -> SFa
             nxt.weight /= s[:, None, None, None]
         else:
             nxt.weight /= s[None, :, None, None]
-    return SFaceNet(
+    return replace(
+        net,
         convs=convs,
         fc_weight=fc.reshape(net.fc_weight.shape),
         fc_bias=net.fc_bias.copy(),
-        feature_shape=net.feature_shape,
-        input_mean=net.input_mean,
-        input_scale=net.input_scale,
-        input_pad=net.input_pad,
-        input_name=net.input_name,
-        output_name=net.output_name,
-        opset=net.opset,
         info={**net.info, "equalize_alpha": alpha},
         activation="max",
     )
