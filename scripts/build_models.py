@@ -411,7 +411,7 @@ class SFaceChipMaker:
     def reference(self, rgb_chip: np.ndarray) -> np.ndarray:
         cv2 = self.cv2
         if self._net is None:
-            self._net = cv2.dnn.readNetFromONNX(str(self._net_path), cv2.dnn.ENGINE_CLASSIC)
+            self._net = opencv_zoo.reference_net(self._net_path)
         bgr = np.ascontiguousarray(rgb_chip[:, :, ::-1])
         blob = cv2.dnn.blobFromImage(bgr, 1.0, (SFACE_CHIP, SFACE_CHIP), (0, 0, 0), swapRB=True, crop=False)
         self._net.setInput(blob)

@@ -234,7 +234,7 @@ class ArcfaceReference:
         except (ModelError, ImportError, ValueError) as exc:
             print(f"# no usable {SFACE_MODEL_ID} in the model manifest ({exc}); SFace runs on OpenCV DNN")
             self._embedder = None
-            self._net = cv2.dnn.readNetFromONNX(str(sface), cv2.dnn.ENGINE_CLASSIC)
+            self._net = opencv_zoo.reference_net(sface)
             self.descriptor_name = f"SFace descriptor (OpenCV DNN {sface.name})"
         print(f"# embedder: {self.descriptor_name}")
 

@@ -75,7 +75,7 @@ class SFacePipe:
         # so the embedding runs the same model on the classic engine with FaceRecognizerSF's own
         # preprocessing: blobFromImage(crop, 1, (112, 112), (0, 0, 0), swapRB=True, crop=False).
         self.rec = cv2.FaceRecognizerSF.create(str(SFACE), "")
-        self.net = cv2.dnn.readNetFromONNX(str(SFACE), cv2.dnn.ENGINE_CLASSIC)
+        self.net = opencv_zoo.reference_net(SFACE)
         self.embed_ms: list[float] = []
 
     def feature(self, crop):

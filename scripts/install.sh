@@ -28,7 +28,8 @@
 #   --no-apt       do not install apt packages (they are already in the image)
 #   --python PATH  the interpreter for the venv (also TILLFACE_PYTHON); default: /usr/bin/python3 if it
 #                  is 3.11 or newer, else /usr/bin/python3.11 (Ubuntu 22.04 on a Jetson)
-#   --wheels DIR   install Python packages only from the wheels in DIR (offline: pip --no-index)
+#   --wheels DIR   install Python packages only from the wheels in DIR (offline: pip --no-index); they
+#                  must be the lock's (`pip download --require-hashes -r requirements/unit-ARCH.txt`)
 #   --uninstall, --purge   see above
 set -euo pipefail
 
@@ -309,19 +310,26 @@ else
   "$PYTHON" -m venv "${venv_args[@]}" "$R$VENV"
   changed "venv $VENV (python $py_version, system site packages: $want_ssp)"
 fi
-extras=""
-((system_python)) || extras="[journald]"
-pip_args=(--quiet --disable-pip-version-check)
-[[ -n "$WHEELS" ]] && pip_args+=(--no-index --find-links "$WHEELS")
+# The lock (requirements/, scripts/lock.sh): exact versions with their hashes, the ones the tests ran.
+locks=(requirements/tooling.txt)
 if ((picamera2)); then
   # apt's picamera2 (and its simplejpeg) are built against Debian's numpy 1.x.
-  echo "numpy<2" >"$tmp/constraints.txt"
-  pip_args+=(--constraint "$tmp/constraints.txt")
+  locks+=(requirements/unit-aarch64-picamera2.txt)
+else
+  locks+=("requirements/unit-$(uname -m).txt")
 fi
+# systemd-python is built by pip for an interpreter that has no apt python3-systemd.
+((system_python)) || locks+=(requirements/journald.txt)
+for lock in "${locks[@]}"; do
+  [[ -f "$REPO/$lock" ]] || die "no locked package set for this machine ($(uname -m)): $lock is missing"
+done
+pip_args=(--quiet --disable-pip-version-check)
+[[ -n "$WHEELS" ]] && pip_args+=(--no-index --find-links "$WHEELS")
 # The stamp: everything that decides what pip installs.
 stamp="$( {
-  echo "$py_version $extras picamera2=$picamera2 ${WHEELS:+wheels}"
+  echo "$py_version ${locks[*]} picamera2=$picamera2 ${WHEELS:+wheels}"
   cd "$REPO"
+  cat "${locks[@]}"
   find pyproject.toml README.md daemon -type f \( -name '*.py' -o -name '*.toml' -o -name '*.md' -o -name '*.json' \) \
     -not -path '*/__pycache__/*' -not -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-32)"
@@ -333,7 +341,13 @@ else
   mkdir -p "$tmp/src"
   cp "$REPO/pyproject.toml" "$REPO/README.md" "$tmp/src/"
   (cd "$REPO" && tar --exclude=__pycache__ --exclude='*.egg-info' -cf - daemon) | tar -C "$tmp/src" -xf -
-  "$R$VENV/bin/python" -m pip install "${pip_args[@]}" "$tmp/src$extras" >"$tmp/pip.txt" 2>&1 ||
+  for lock in "${locks[@]}"; do
+    "$R$VENV/bin/python" -m pip install "${pip_args[@]}" --require-hashes --no-deps -r "$REPO/$lock" \
+      >"$tmp/pip.txt" 2>&1 ||
+      die "pip could not install $lock into $VENV: $(grep -v 'is ignored' "$tmp/pip.txt" | tail -20)"
+  done
+  "$R$VENV/bin/python" -m pip install "${pip_args[@]}" --no-deps --no-build-isolation "$tmp/src" \
+    >"$tmp/pip.txt" 2>&1 ||
     die "pip could not install the package into $VENV: $(grep -v 'is ignored' "$tmp/pip.txt" | tail -20)"
   echo "$stamp" >"$R$VENV/.tillface-stamp"
   changed "package $("$R$VENV/bin/tillface" --version) in $VENV"

@@ -3,7 +3,7 @@
 #   scripts/setup.sh          the unit, the reference pipeline, the store server, the demo data and mosquitto
 #                             (for `tillface bench` and `tillface demo`)
 #   scripts/setup.sh --dev    the same plus the test and lint tools
-# Idempotent: a second run only checks. Models are committed in models/ and checked against the manifest.
+# Idempotent: a second run only checks. Installs exactly the lock in requirements/ (scripts/lock.sh). Models are committed in models/ and checked against the manifest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,11 +33,22 @@ if ((${#need_apt[@]})); then
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# The lock (requirements/, made by scripts/lock.sh): exact versions with their hashes, so that every
+# machine gets the same packages whatever day it installs on.
+profile=demo
+[[ "${1:-}" == "--dev" ]] && profile=dev
+lock="requirements/$profile-$(uname -m).txt"
+[[ -f "$lock" ]] || {
+  echo "tillface has no locked package set for this machine ($(uname -m)): $lock is missing" >&2; exit 1; }
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-stamp=".venv/.tillface-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.tillface-$profile-$(cat pyproject.toml requirements/tooling.txt "$lock" | sha256sum | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[$extras]"
+  pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps)
+  "${pip[@]}" -r requirements/tooling.txt
+  "${pip[@]}" -r "$lock"
+  # The package itself, from this checkout; its dependencies are the lock's, its build backend too.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+  rm -f .venv/.tillface-*
   touch "$stamp"
 fi
 .venv/bin/tillface models verify

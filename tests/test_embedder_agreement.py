@@ -47,7 +47,7 @@ def test_int8_sface_matches_opencv_on_faces_dev(faces_dir, manifest):
     from tillface.modelbuild import opencv_zoo
 
     files = opencv_zoo.fetch()
-    net = cv2.dnn.readNetFromONNX(str(files[opencv_zoo.SFACE_ONNX]), cv2.dnn.ENGINE_CLASSIC)
+    net = opencv_zoo.reference_net(files[opencv_zoo.SFACE_ONNX])
     detector = cv2.FaceDetectorYN.create(str(files[opencv_zoo.YUNET_ONNX]), "", (320, 320), 0.6, 0.3, 5000)
     recognizer = cv2.FaceRecognizerSF.create(str(files[opencv_zoo.SFACE_ONNX]), "")
     embedder = Embedder(manifest.path("sface-2021dec-int8"), GEOMETRIES["arcface-112"], num_threads=2)

