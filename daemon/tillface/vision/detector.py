@@ -17,7 +17,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from tillface.vision.runtime import TfliteModel
+from tillface.vision.runtime import RuntimeReport, TfliteModel
 
 Variant = Literal["short", "full"]
 
@@ -210,6 +210,11 @@ class BlazeFaceDetector:
     @property
     def num_anchors(self) -> int:
         return len(self._anchors)
+
+    @property
+    def runtime_report(self) -> RuntimeReport:
+        """What the model runs on (measured once, at load)."""
+        return self._model.runtime_report
 
     def detect(self, rgb: np.ndarray, pad_if_none: bool = False) -> list[Detection]:
         """Faces in an RGB uint8 H×W×3 image, best score first.

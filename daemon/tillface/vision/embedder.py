@@ -8,7 +8,7 @@ import numpy as np
 
 from ..models import ModelEntry
 from .align import GEOMETRIES, ChipGeometry, geometry
-from .runtime import TfliteModel
+from .runtime import RuntimeReport, TfliteModel
 
 
 class Embedder:
@@ -30,6 +30,11 @@ class Embedder:
     @property
     def chip_size(self) -> int:
         return self.chip.size
+
+    @property
+    def runtime_report(self) -> RuntimeReport:
+        """What the model runs on (measured once, at load)."""
+        return self._model.runtime_report
 
     def embed(self, chip: np.ndarray) -> np.ndarray:
         """Return the unit-length float32 descriptor of one uint8 RGB chip."""

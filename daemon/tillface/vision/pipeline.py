@@ -19,6 +19,7 @@ from .detector import BlazeFaceDetector, Detection
 from .embedder import Embedder, chip_geometry_of, l2_normalise
 from .exposure import equalise
 from .quality import Quality, measure_quality
+from .runtime import RuntimeReport
 
 # Mean grey level of the chip's centre below which the chip is equalised before embedding.
 DARK_FACE_BRIGHTNESS = 60.0
@@ -87,6 +88,13 @@ class FacePipeline:
             Embedder(emb_path, chip_geometry_of(emb_entry), num_threads=num_threads),
             model_ids={"detector": det_id, "embedder": embedder},
         )
+
+    def runtime_reports(self) -> dict[str, RuntimeReport]:
+        """Model id (or role) -> what it runs on: runtime, XNNPACK use, CPU. Measured at load."""
+        return {
+            self.model_ids.get("detector", "detector"): self.detector.runtime_report,
+            self.model_ids.get("embedder", "embedder"): self.embedder.runtime_report,
+        }
 
     def detect(self, rgb: np.ndarray, pad_if_none: bool = False) -> list[Detection]:
         """Faces in a frame. With `pad_if_none` (photos), a miss is retried on a padded image and
