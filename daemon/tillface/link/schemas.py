@@ -104,6 +104,18 @@ class HealthEvent(Envelope):
     models: list[str]
     outbox_depth: int = Field(ge=0)
     cpu_temp_c: float | None = None
+    # What the models run on: vision.runtime.runtime_health.
+    runtime: Text | None = Field(
+        default=None, description='TFLite runtime and version, e.g. "ai-edge-litert 2.3.0"'
+    )
+    xnnpack: bool | None = Field(
+        default=None,
+        description="every model runs on the XNNPACK delegate; false: slower, and embeddings differ from "
+        "the ones the thresholds were set with (see `tillface doctor`)",
+    )
+    cpu_features: list[Annotated[str, StringConstraints(min_length=1, max_length=32)]] | None = Field(
+        default=None, max_length=64, description='SIMD features of the CPU, e.g. ["ASIMD", "ASIMDDP"]'
+    )
 
 
 EVENT_MODELS: dict[str, type[Envelope]] = {
