@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from ..vision.runtime import RuntimeReport
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,42 @@ def check_models(config: Config) -> str:
     for model_id in wanted:
         manifest.verify(model_id)
     return f"{', '.join(wanted)} match the manifest in {manifest.directory}"
+
+
+def check_runtime() -> str:
+    import platform
+
+    from ..vision.runtime import runtime_name
+
+    return f"{runtime_name()} on {platform.machine()}"
+
+
+def load_runtime_reports(config: Config) -> Mapping[str, RuntimeReport]:
+    """Loads the configured models as the daemon does and returns what each runs on."""
+    from ..vision.pipeline import FacePipeline
+
+    pipeline = FacePipeline.from_manifest(
+        detector=config.vision.detector,
+        embedder=config.vision.embedder,
+        num_threads=config.vision.num_threads,
+    )
+    return pipeline.runtime_reports()
+
+
+def check_xnnpack(reports: Mapping[str, RuntimeReport]) -> str:
+    """ok when every model runs on XNNPACK; else raises with what it means and what to do."""
+    from ..vision.runtime import xnnpack_problem, xnnpack_summary
+
+    problem = xnnpack_problem(reports)
+    if problem is not None:
+        raise RuntimeError(problem)
+    return f"XNNPACK: {xnnpack_summary(reports)}"
+
+
+def check_cpu() -> str:
+    from ..vision.runtime import cpu_summary
+
+    return cpu_summary()
 
 
 def check_gallery(config: Config) -> str:
@@ -132,6 +172,9 @@ def run_doctor(config_path: Path) -> tuple[list[Check], int]:
         _run("clock", check_clock),
         _run("state", lambda: check_state_dir(config)),
         _run("models", lambda: check_models(config)),
+        _run("runtime", check_runtime),
+        _run("xnnpack", lambda: check_xnnpack(load_runtime_reports(config))),
+        _run("cpu", check_cpu),
         _run("gallery", lambda: check_gallery(config)),
         _run("camera", lambda: check_camera(config)),
         _run("display", lambda: check_display(config)),
