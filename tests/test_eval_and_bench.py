@@ -82,3 +82,11 @@ def test_bench_reports_its_figures(tmp_path):
     ):
         assert r[key] > 0, key
     assert r["dlib_frames_with_face"] > 0
+    # What it was measured on, printed at the top and in the JSON.
+    assert r["xnnpack"] is True and r["runtime"].startswith("ai-edge-litert ")
+    assert set(r["xnnpack_models"]) == set(r["models"].values())
+    assert r["cpu_features"] and r["machine"]
+    top = run.stdout.splitlines()[1:4]
+    assert top[0] == f"  runtime {r['runtime']} on {r['machine']}"
+    assert top[1].startswith("  XNNPACK: blazeface-short 164 of 164 nodes in 1 partition; ")
+    assert top[2].startswith("  CPU features ") and " ".join(r["cpu_features"]) in top[2]

@@ -20,6 +20,7 @@ from .demo_data import astronaut_photo
 from .imageio import read_rgb
 from .recognition.matcher import Matcher
 from .vision.pipeline import FacePipeline, face_size
+from .vision.runtime import describe_use, runtime_facts
 
 FRAME_W, FRAME_H = 640, 480
 DISTINCT_FRAMES = 20
@@ -159,6 +160,8 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         "frame": f"{FRAME_W}x{FRAME_H}",
         "threads": options.threads,
         "models": pipeline.model_ids,
+        # What the figures were measured on: runtime, XNNPACK use per model, CPU features.
+        **runtime_facts(pipeline.runtime_reports()),
     }
     result.update(bench_pipeline(pipeline, frames, options.frames))
     result.update(bench_search(options.gallery_sizes, options.searches))
@@ -170,10 +173,32 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     return result
 
 
+def format_runtime(r: dict[str, Any]) -> list[str]:
+    """The runtime, XNNPACK and CPU lines (and a warning when a model runs without XNNPACK)."""
+    models = r["xnnpack_models"]
+    lines = [
+        f"  runtime {r['runtime']} on {r['machine']}",
+        "  XNNPACK: "
+        + "; ".join(
+            f"{model_id} {describe_use(m['nodes'], m['xnnpack_nodes'], m['partitions'])}"
+            for model_id, m in models.items()
+        ),
+        f"  CPU features {' '.join(r['cpu_features']) or 'none detected'} ({r['cpu_features_source']})",
+    ]
+    missing = [model_id for model_id, m in models.items() if m["xnnpack_nodes"] == 0]
+    if missing:
+        lines.append(
+            f"  WARNING: {', '.join(missing)} without XNNPACK: slower, and not the embeddings the till's "
+            "thresholds were set with; these figures are not the till's (see `tillface doctor`)"
+        )
+    return lines
+
+
 def format_bench(r: dict[str, Any]) -> str:
     lines = [
         f"tillface bench: {r['frames']} frames {r['frame']} ({r['frames_with_face']} with a face found), "
         f"{r['threads']} threads, models {r['models']}",
+        *format_runtime(r),
         f"  pipeline  p50 {r['pipeline_ms_p50']:.2f} ms  p95 {r['pipeline_ms_p95']:.2f} ms"
         f"  (detect p50 {r['detect_ms_p50']:.2f}, align+embed p50 {r['embed_ms_p50']} ms)",
     ]
