@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,18 @@ def setup():
     return manager, events, anna, bob, rng, enrol, clock
 
 
+class Frames:
+    """Feeds a VisitManager one person's frames the way the customer session does."""
+
+    def __init__(self, manager, track=1):
+        self.manager, self.track = manager, track
+
+    def visit(self, ts):
+        visit = self.manager.active or self.manager.open(self.track, ts)
+        self.manager.seen(visit, ts, ts - visit.seen_since + 1 / 15)
+        return visit
+
+
 def near(v, rng, noise=0.1):
     return unit(v + noise * rng.standard_normal(v.shape) / np.sqrt(v.shape[0]))
 
@@ -53,11 +67,11 @@ def near(v, rng, noise=0.1):
 def test_member_matched_once_then_left(setup):
     manager, events, anna, _bob, rng, _enrol, _clock = setup
     for i in range(10):
-        visit = manager.visit_for(1, i / 15)
+        visit = Frames(manager, 1).visit(i / 15)
         if manager.wants_embedding(visit):
             manager.add(visit, near(anna, rng), 0.8)
         manager.step(visit, i / 15)
-    manager.leave(1, 2.0)
+    manager.end(2.0)
     assert [e.event for e in events] == ["match", "left"]
     match = events[0].payload
     assert match["member_id"] == "anna" and match["frames"] == 3 and match["gallery_version"] == 7
@@ -68,7 +82,7 @@ def test_stranger_gets_a_visitor_code_and_can_be_enrolled(setup):
     manager, events, anna, bob, rng, enrol, _clock = setup
     stranger = unit(anna - bob + rng.standard_normal(16))
     for i in range(4):
-        visit = manager.visit_for(2, i / 15)
+        visit = Frames(manager, 2).visit(i / 15)
         manager.add(visit, near(stranger, rng), 0.7)
         manager.step(visit, i / 15)
     assert [e.event for e in events] == ["visitor"]
@@ -85,7 +99,7 @@ def test_visitor_embeddings_are_dropped_after_the_ttl(setup):
     manager, events, anna, bob, rng, enrol, clock = setup
     stranger = unit(anna - bob)
     for i in range(3):
-        visit = manager.visit_for(3, i / 15)
+        visit = Frames(manager, 3).visit(i / 15)
         manager.add(visit, near(stranger, rng), 0.7)
         manager.step(visit, i / 15)
     code = events[0].payload["visitor_code"]
@@ -97,25 +111,25 @@ def test_visitor_embeddings_are_dropped_after_the_ttl(setup):
 
 def test_timeout_decides_with_fewer_frames(setup):
     manager, events, anna, _bob, rng, _enrol, _clock = setup
-    visit = manager.visit_for(4, 0.0)
+    visit = Frames(manager, 4).visit(0.0)
     manager.add(visit, near(anna, rng), 0.5)
     manager.step(visit, 0.0)
     assert events == []
     for ts in (0.5, 1.0, 1.49):
-        manager.step(manager.visit_for(4, ts), ts)
+        manager.step(Frames(manager, 4).visit(ts), ts)
     assert events == []
-    manager.step(manager.visit_for(4, 1.5), 1.5)
+    manager.step(Frames(manager, 4).visit(1.5), 1.5)
     assert [e.event for e in events] == ["match"] and events[0].payload["frames"] == 1
 
 
 def test_poor_frames_only_still_give_one_decision_and_weigh_less(setup):
     manager, events, anna, _bob, rng, _enrol, _clock = setup
-    visit = manager.visit_for(5, 0.0)
+    visit = Frames(manager, 5).visit(0.0)
     for i in range(5):
         manager.add(visit, near(anna, rng), 0.9, good=False)
-        manager.step(manager.visit_for(5, i * 0.1), i * 0.1)
+        manager.step(Frames(manager, 5).visit(i * 0.1), i * 0.1)
     assert events == [], "poor frames alone must not reach min_frames"
-    manager.step(manager.visit_for(5, 1.6), 1.6)
+    manager.step(Frames(manager, 5).visit(1.6), 1.6)
     assert [e.event for e in events] == ["match"]
     assert visit.good_frames == 0
 
@@ -123,27 +137,51 @@ def test_poor_frames_only_still_give_one_decision_and_weigh_less(setup):
 def test_visitor_upgraded_once_to_a_match(setup):
     manager, events, anna, _bob, rng, enrol, _clock = setup
     blurred = [near(anna, rng, noise=3.0) for _ in range(3)]  # far from anna: visitor
-    visit = manager.visit_for(6, 0.0)
+    visit = Frames(manager, 6).visit(0.0)
     for i, e in enumerate(blurred):
         manager.add(visit, e, 0.1)
         manager.step(visit, i * 0.07)
     assert [e.event for e in events] == ["visitor"]
     code = events[0].payload["visitor_code"]
     for i in range(10):
-        v = manager.visit_for(6, 0.3 + i * 0.07)
+        v = Frames(manager, 6).visit(0.3 + i * 0.07)
         if manager.wants_embedding(v):
             manager.add(v, near(anna, rng, noise=0.05), 0.95)
         manager.step(v, 0.3 + i * 0.07)
     assert [e.event for e in events] == ["visitor", "match"]
     assert events[1].payload.get("upgrade") is True and events[1].payload["member_id"] == "anna"
     assert code not in enrol, "an upgraded visitor's embeddings are not kept for enrolment"
-    manager.leave(6, 2.0)
+    manager.end(2.0)
     assert [e.event for e in events] == ["visitor", "match", "left"]
 
 
 def test_track_fragment_does_not_decide_at_leave(setup):
     manager, events, anna, _bob, rng, _enrol, _clock = setup
-    visit = manager.visit_for(7, 0.0)
+    visit = Frames(manager, 7).visit(0.0)
     manager.add(visit, near(anna, rng), 0.9)
-    manager.leave(7, 0.2)
+    manager.end(0.2)
+    assert events == []
+
+
+def test_a_glimpse_gets_no_decision(setup):
+    """Under `min_presence_s` in view, even good frames decide nothing; from then on they do."""
+    manager, events, anna, _bob, rng, _enrol, _clock = setup
+    manager.rules = dataclasses.replace(RULES, min_presence_s=0.3)
+    for i in range(4):  # 4 frames at 15 fps: in view 0.27 s
+        visit = Frames(manager, 8).visit(i / 15)
+        manager.add(visit, near(anna, rng), 0.9)
+        manager.step(visit, i / 15)
+    assert events == []
+    visit = Frames(manager, 8).visit(4 / 15)  # the fifth frame: 0.33 s
+    manager.step(visit, 4 / 15)
+    assert [e.event for e in events] == ["match"]
+
+
+def test_a_glimpse_ending_decides_nothing_either(setup):
+    manager, events, anna, _bob, rng, _enrol, _clock = setup
+    manager.rules = dataclasses.replace(RULES, min_presence_s=0.3)
+    for i in range(4):
+        visit = Frames(manager, 9).visit(i / 15)
+        manager.add(visit, near(anna, rng), 0.9)
+    manager.end(0.3)
     assert events == []

@@ -27,10 +27,12 @@ from .link.mqtt import Link
 from .link.schemas import DisplayCommand
 from .recognition.enrolment import EnrolmentCache
 from .recognition.gallery import GalleryError, GalleryStore, load_key, read_key_file
-from .recognition.tracker import FaceTracker, Track, customer
+from .recognition.session import CustomerSession, Look, SessionRules
+from .recognition.tracker import Track
 from .recognition.visitor_codes import VisitorCodes
 from .recognition.visits import DecisionRules, Visit, VisitEvent, VisitManager
 from .system.notify import Notifier
+from .vision.detector import Detection
 from .vision.pipeline import FacePipeline
 from .vision.quality import Quality, gate
 
@@ -65,11 +67,6 @@ def cpu_temperature() -> float | None:
         return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000.0, 1)
     except (OSError, ValueError):
         return None
-
-
-def face_area(track: Track) -> float:
-    x0, y0, x1, y1 = track.detection.box
-    return float(max(0.0, x1 - x0) * max(0.0, y1 - y0))
 
 
 def pid_file(config: Config) -> Path:
@@ -107,8 +104,18 @@ def decision_rules(config: Config) -> DecisionRules:
         decision_timeout_ms=r.decision_timeout_ms,
         fuse_best_n=r.fuse_best_n,
         allow_upgrade=r.allow_upgrade,
+        min_presence_s=r.min_presence_ms / 1000.0,
+    )
+
+
+def session_rules(config: Config) -> SessionRules:
+    r = config.recognition
+    return SessionRules(
         same_person_threshold=r.same_person_threshold,
-        rebind_grace_s=r.leave_after_ms / 1000.0,
+        other_person_threshold=r.other_person_threshold,
+        leave_after_s=r.leave_after_ms / 1000.0,
+        recheck_interval_s=r.recheck_interval_ms / 1000.0,
+        min_presence_s=r.min_presence_ms / 1000.0,
     )
 
 
@@ -175,7 +182,7 @@ class Daemon:
             score_threshold=config.vision.detector_score_threshold,
         )
         self.enrolments = EnrolmentCache(config.recognition.enroll_ttl_s)
-        self.visits = VisitManager(
+        visits = VisitManager(
             decision_rules(config),
             matcher=self.gallery.matcher,
             gallery_version=lambda: self.gallery.version,
@@ -184,7 +191,7 @@ class Daemon:
             model_id=config.vision.embedder,
             emit=self._on_event,
         )
-        self.tracker = FaceTracker(max_age_s=config.recognition.leave_after_ms / 1000.0)
+        self.session = CustomerSession(session_rules(config), visits)
         self.link = (
             Link(config, self.gallery, self.enrolments, self, wire_key(config, config_path))
             if config.mqtt.host
@@ -255,7 +262,7 @@ class Daemon:
                         break
                     if state == "reconnecting" and camera_ok:
                         camera_ok = False
-                        self.visits.close_all(last_ts)  # nobody can be seen: the visit is over
+                        self.session.end(last_ts)  # nobody can be seen: the visit is over
                     continue
                 camera_ok = True
                 last_ts = frame.ts
@@ -263,7 +270,7 @@ class Daemon:
                 self.enrolments.purge()
         finally:
             self.notifier.stopping()
-            self.visits.close_all(last_ts)
+            self.session.end(last_ts)
             self.camera.stop()
             self.display.stop()  # after close_all: its `left` puts the idle screen up
             if self.link:
@@ -296,43 +303,31 @@ class Daemon:
             if x0 <= (d.box[0] + d.box[2]) / 2 <= x1 and y0 <= (d.box[1] + d.box[3]) / 2 <= y1
         ]
         report.faces = len(faces)
-        seen = self.tracker.update(faces, ts)
-        for gone in self.tracker.expire(ts):
-            self.visits.leave(gone.id, ts)
-        person = customer(seen, w, h)
-        if person is None:
-            return
-        active = self.visits.active
-        if active is not None and person.id != active.track_id:
-            current = next((t for t in seen if t.id == active.track_id), None)
-            if current is not None:
-                # The customer stays the customer while seen, unless someone far nearer steps in.
-                if face_area(person) < 2.0 * face_area(current):
-                    person = current
-                else:
-                    self.visits.end(ts)
-        self.stats.frames_with_face += 1
-        report.customer = person
-        visit = self.visits.visit_for(person.id, ts, frame.captured)
-        if self.visits.wants_embedding(visit):
-            chip, quality = self.pipeline.assess(image, person.detection)
+
+        def look(detection: Detection, fallback: bool) -> Look:
+            chip, quality = self.pipeline.assess(image, detection)
             reason = gate(quality, self.config.quality)
-            report.quality, report.verdict = quality, reason
-            # Until a good frame arrives, poor ones (but never too small) are kept as a fallback, so
-            # that a customer who never faces the camera squarely still gets a decision.
-            fallback = reason not in (None, "too small") and visit.decision is None and not visit.good_frames
-            if reason is None or fallback:
+            embedding = None
+            if reason is None or (fallback and reason != "too small"):
                 embedding = self.pipeline.embedder.embed(chip)
                 self.stats.embeddings += 1
-                visit = self.visits.add(visit, embedding, quality.score, good=reason is None)
-                report.embedding = embedding
-                self.visits.refresh_enrolment(visit)
             del chip  # the crop never outlives this frame (privacy rule 1)
-        report.visit = visit
-        if self.link is None or self.link.decisions_allowed():
-            # Held (briefly) after a (re)connect until the store gallery caught up: a member erased
-            # while this unit was away must not be recognised.
-            self.visits.step(visit, ts)
+            return Look(quality, reason, embedding)
+
+        # Held (briefly) after a (re)connect until the store gallery caught up: a member erased while
+        # this unit was away must not be recognised.
+        decide = self.link is None or self.link.decisions_allowed()
+        seen = self.session.on_frame(faces, ts, frame.captured, (w, h), look, decide)
+        if seen.customer is None:
+            return
+        self.stats.frames_with_face += 1
+        report.customer, report.visit = seen.customer, seen.visit
+        if seen.look is not None:
+            report.quality, report.verdict, report.embedding = (
+                seen.look.quality,
+                seen.look.reason,
+                seen.look.embedding,
+            )
 
     def _on_event(self, event: VisitEvent) -> None:
         record = event_record(event, self.config.unit.store_id, self.config.unit.till_id)
@@ -392,8 +387,8 @@ class Daemon:
             update={"recognition": new.recognition, "quality": new.quality, "display": new.display}
         )
         self.display.reconfigure(self.config.display)
-        self.visits.rules = decision_rules(self.config)
-        self.tracker.max_age_s = self.config.recognition.leave_after_ms / 1000.0
+        self.session.visits.rules = decision_rules(self.config)
+        self.session.rules = session_rules(self.config)
         self.enrolments.ttl_s = self.config.recognition.enroll_ttl_s
         log.info(
             "reloaded %s: match_threshold %.3f, margin %.3f",

@@ -231,18 +231,44 @@ class RecognitionConfig(Section):
         default=5, ge=1, le=100, description="number of best frames fused into the visit's embedding"
     )
     leave_after_ms: int = Field(
-        default=1500, ge=100, le=60000, description="close the visit after no face for this long, ms"
+        default=4000,
+        ge=100,
+        le=60000,
+        description="close the visit after its person is unseen this long (someone else ends it at once), ms",
+    )
+    min_presence_ms: int = Field(
+        default=300, ge=0, le=5000, description="a face in view for less than this gets no decision, ms"
+    )
+    recheck_interval_ms: int = Field(
+        default=700,
+        ge=50,
+        le=60000,
+        description="after a decision, re-check that the customer is still the same person this often, ms",
     )
     allow_upgrade: bool = Field(default=True, description="allow one later, better decision per visit")
     same_person_threshold: float = Field(
         default=0.4,
         ge=-1.0,
         le=1.0,
-        description="cosine above which a face that takes over a visit is the same customer",
+        description="cosine to the visit's own embedding above which a face is the same customer",
+    )
+    other_person_threshold: float = Field(
+        default=0.25,
+        ge=-1.0,
+        le=1.0,
+        description="cosine to the visit's own embedding below which a face is someone else",
     )
     enroll_ttl_s: int = Field(
         default=120, ge=10, le=3600, description="seconds a visitor's embeddings stay in RAM for enrolment"
     )
+
+    @model_validator(mode="after")
+    def _check_person_thresholds(self) -> RecognitionConfig:
+        if self.other_person_threshold > self.same_person_threshold:
+            raise _field_error(
+                "other_person_threshold", "other_person_threshold must not exceed same_person_threshold"
+            )
+        return self
 
 
 class GalleryConfig(Section):

@@ -1,8 +1,12 @@
-"""Follows faces across frames and picks the customer: the largest, most central face in the ROI.
+"""Follows face boxes from frame to frame; who the customer is, and whether a track is still the same
+person, is decided by `session.py` from embeddings.
 
 Association is greedy by IoU (falling back to centre distance, for a face that moves fast while
-coming closer); a track survives `max_age_s` without detections, so one missed frame is not a new
-person.
+coming closer) against where the track's box should be by now (moving on at its last velocity),
+preferring a box of the track's own size; a track survives `max_age_s` without detections, so one
+missed frame is not a new track. Each track says how many frames it missed before its latest
+detection and where it was before, so that the session can re-check a face that comes back, grows
+suddenly or jumps.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ class Track:
     first_ts: float
     last_ts: float
     hits: int = 1
+    last_frame: int = 0  # the tracker's frame number of the latest detection
+    missed: int = 0  # frames without a detection just before the latest one
+    previous: Detection | None = None  # the detection before the latest one
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,16 +53,22 @@ class FaceTracker:
         self.max_centre_shift = max_centre_shift
         self.tracks: dict[int, Track] = {}
         self._next_id = 1
+        self._frame = 0
 
     def update(self, detections: list[Detection], ts: float) -> list[Track]:
         """Associate this frame's detections; return the tracks seen in this frame."""
+        self._frame += 1
         pairs = []
         for tid, track in self.tracks.items():
+            expected = self._predicted(track)
             for di, det in enumerate(detections):
-                overlap = iou(track.detection.box, det.box)
-                shift = _centre_distance(track.detection.box, det.box)
+                overlap = iou(expected, det.box)
+                shift = _centre_distance(expected, det.box)
                 if overlap >= self.min_iou or shift <= self.max_centre_shift:
-                    pairs.append((overlap - 0.1 * shift, tid, di))
+                    # A face keeps its size from one frame to the next: a box of another size nearby is
+                    # more likely another face (or a false detection in the background).
+                    resize = abs(float(np.log(max(det.width, 1e-6) / max(track.detection.width, 1e-6))))
+                    pairs.append((overlap - 0.1 * shift - 0.5 * resize, tid, di))
         pairs.sort(reverse=True)
         used_tracks: set[int] = set()
         used_dets: set[int] = set()
@@ -64,7 +77,9 @@ class FaceTracker:
             if tid in used_tracks or di in used_dets:
                 continue
             track = self.tracks[tid]
-            track.detection = detections[di]
+            track.previous, track.detection = track.detection, detections[di]
+            track.missed = self._frame - track.last_frame - 1
+            track.last_frame = self._frame
             track.last_ts = ts
             track.hits += 1
             used_tracks.add(tid)
@@ -72,11 +87,21 @@ class FaceTracker:
             seen.append(track)
         for di, det in enumerate(detections):
             if di not in used_dets:
-                track = Track(self._next_id, det, ts, ts)
+                track = Track(self._next_id, det, ts, ts, last_frame=self._frame)
                 self._next_id += 1
                 self.tracks[track.id] = track
                 seen.append(track)
         return seen
+
+    def _predicted(self, track: Track) -> np.ndarray:
+        """Where the track's box should be in this frame, moving on as it did between its last two
+        detections (two people walking out side by side keep their own tracks)."""
+        box = track.detection.box
+        if track.previous is None:
+            return box
+        step = (box - track.previous.box) / (track.missed + 1)
+        shift = np.array([(step[0] + step[2]) / 2, (step[1] + step[3]) / 2] * 2, dtype=box.dtype)
+        return box + shift * (self._frame - track.last_frame)
 
     def expire(self, ts: float) -> list[Track]:
         """Remove and return tracks unseen for longer than max_age_s."""
@@ -84,18 +109,3 @@ class FaceTracker:
         for track in gone:
             del self.tracks[track.id]
         return gone
-
-
-def customer(tracks: list[Track], frame_w: int, frame_h: int) -> Track | None:
-    """The face nearest the till: large and central (area discounted by distance from the centre)."""
-    best, best_score = None, -1.0
-    cx, cy = frame_w / 2.0, frame_h / 2.0
-    diag = float(np.hypot(frame_w, frame_h)) / 2.0
-    for track in tracks:
-        x0, y0, x1, y1 = track.detection.box
-        area = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-        off = float(np.hypot((x0 + x1) / 2 - cx, (y0 + y1) / 2 - cy)) / diag
-        score = area * (1.0 - 0.5 * off)
-        if score > best_score:
-            best, best_score = track, score
-    return best

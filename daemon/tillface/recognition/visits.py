@@ -1,9 +1,11 @@
-"""Visits: one decision per customer at the till (DESIGN §1 steps 4-10).
+"""Visits: one decision per customer at the till (DESIGN §1 steps 5-10).
 
-A visit follows one tracked face. Good frames' embeddings are collected (RAM only); the decision is
-taken after `min_frames` good frames or `decision_timeout_ms` after the face appeared, whichever
-comes first, from the quality-weighted mean of the best `fuse_best_n`. A `visitor` decision may be
-upgraded once to a `match` when later, better frames match. `left` closes a decided visit.
+A visit is one person at the till; which frames are that person's is decided by `session.py`, which
+opens, feeds and ends visits. Good frames' embeddings are collected (RAM only); the decision is taken
+after `min_frames` good frames or `decision_timeout_ms` after the visit opened, whichever comes first,
+from the quality-weighted mean of the best `fuse_best_n`, and never before the face has been in view
+for `min_presence_s`. A `visitor` decision may be upgraded once to a `match` when later, better frames
+match. `left` closes a decided visit.
 """
 
 from __future__ import annotations
@@ -34,11 +36,8 @@ class DecisionRules:
     decision_timeout_ms: int
     fuse_best_n: int
     allow_upgrade: bool
-    # A face that takes over the visit after its track was lost (a missed detection, a fast move) is
-    # the same customer unless its embedding is further than this from the visit's (cosine).
-    same_person_threshold: float = 0.9
-    # How long a lost track keeps its visit open for another track to take it over, seconds.
-    rebind_grace_s: float = 1.5
+    # A face in view for less than this (seconds) gets no decision: a glimpse is not a customer.
+    min_presence_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -58,11 +57,13 @@ class VisitEvent:
 @dataclass
 class Visit:
     id: str
-    track_id: int
+    track_id: int  # the track of the person's face (it changes when they come back after a gap)
     first_ts: float
     last_ts: float
     started_wall: float
     first_captured: float  # time.monotonic() of the first frame (decision latency is measured from it)
+    seen_since: float  # camera time the person's face was first seen (at the till or waiting)
+    present_s: float = 0.0  # how long the face has been in view, as the session measured it
     embeddings: list[np.ndarray] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     frames_seen: int = 0
@@ -72,7 +73,6 @@ class Visit:
     upgraded: bool = False
     fused_quality_at_decision: float = 0.0
     visitor_code: str | None = None
-    rebound: bool = False  # the track changed: check the next embedding is the same person
 
     def best(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(self.weights)[::-1][:n]
@@ -114,25 +114,19 @@ class VisitManager:
         # One customer at the till at a time: the open visit, if any.
         self.active: Visit | None = None
 
-    def visit_for(self, track_id: int, ts: float, captured: float = 0.0) -> Visit:
-        """The visit of this frame's customer face (track), opening one if needed.
+    def open(self, track_id: int, ts: float, captured: float = 0.0, seen_since: float | None = None) -> Visit:
+        """Open the visit of a new customer (the open one, if any, must have been ended)."""
+        assert self.active is None, "end the open visit first"
+        first_seen = ts if seen_since is None else min(seen_since, ts)
+        visit = Visit(uuid.uuid4().hex, track_id, ts, ts, self._wall(), captured, first_seen)
+        self.active = visit
+        return visit
 
-        A different track takes over the open visit when the visit's own track was lost less than
-        `rebind_grace_s` ago (a tracker miss is not a new customer); its next embedding is checked.
-        """
-        visit = self.active
-        if visit is not None and visit.track_id != track_id:
-            if ts - visit.last_ts <= self.rules.rebind_grace_s:
-                visit.track_id, visit.rebound = track_id, True
-            else:
-                self.end(ts)
-                visit = None
-        if visit is None:
-            visit = Visit(uuid.uuid4().hex, track_id, ts, ts, self._wall(), captured)
-            self.active = visit
+    def seen(self, visit: Visit, ts: float, present_s: float) -> None:
+        """The visit's person is in this frame."""
         visit.last_ts = ts
         visit.frames_seen += 1
-        return visit
+        visit.present_s = present_s
 
     def wants_embedding(self, visit: Visit) -> bool:
         """Embedding costs time: skip it once nothing more can come of it."""
@@ -143,19 +137,10 @@ class VisitManager:
             return len(visit.embeddings) < self.KEEP or (self.rules.allow_upgrade and not visit.upgraded)
         return False
 
-    def add(self, visit: Visit, embedding: np.ndarray, weight: float, good: bool = True) -> Visit:
-        """Collect a frame's embedding; returns the visit it went to (a new one if the face that took
-        over the visit turned out to be someone else). Frames that failed the quality gate
-        (`good=False`) are only a fallback for a customer who never gives a good frame; they weigh a
-        tenth of a good frame."""
-        if visit.rebound:
-            visit.rebound = False
-            if visit.embeddings:
-                fused, _ = visit.fused(self.rules.fuse_best_n)
-                if float(fused @ embedding) < self.rules.same_person_threshold:
-                    track, ts, captured = visit.track_id, visit.last_ts, visit.first_captured
-                    self.end(ts)
-                    visit = self.visit_for(track, ts, captured)
+    def add(self, visit: Visit, embedding: np.ndarray, weight: float, good: bool = True) -> None:
+        """Collect a frame's embedding (the session has judged it to be the visit's person). Frames that
+        failed the quality gate (`good=False`) are only a fallback for a customer who never gives a good
+        frame; they weigh a tenth of a good frame."""
         visit.embeddings.append(embedding)
         visit.weights.append(weight if good else 0.1 * weight + 1e-4)
         visit.good_frames += good
@@ -163,12 +148,13 @@ class VisitManager:
             worst = int(np.argmin(visit.weights))
             del visit.embeddings[worst]
             del visit.weights[worst]
-        return visit
 
     def step(self, visit: Visit, ts: float) -> None:
         """Decide (or upgrade) if it is time to."""
         good = visit.good_frames
         if visit.decision is None:
+            if visit.present_s < self.rules.min_presence_s:
+                return  # a glimpse: wait
             timed_out = (ts - visit.first_ts) * 1000.0 >= self.rules.decision_timeout_ms
             if good >= self.rules.min_frames or (timed_out and visit.embeddings):
                 self._decide(visit, ts)
@@ -241,17 +227,17 @@ class VisitManager:
             embs, weights = visit.best(self.KEEP)
             self._enrolments.update(visit.visitor_code, embs, weights)
 
-    def leave(self, track_id: int, ts: float) -> None:
-        """A track is gone: if it was the open visit's, the customer has left."""
-        if self.active is not None and self.active.track_id == track_id:
-            self.end(ts)
-
     def end(self, ts: float) -> None:
         """Close the open visit (decide first if it never did, then `left`)."""
         visit, self.active = self.active, None
         if visit is None:
             return
-        if visit.decision is None and visit.embeddings and visit.frames_seen >= 2 * self.rules.min_frames:
+        if (
+            visit.decision is None
+            and visit.embeddings
+            and visit.frames_seen >= 2 * self.rules.min_frames
+            and visit.present_s >= self.rules.min_presence_s
+        ):
             self._decide(visit, ts)  # a quick customer: decide on what we have (not on a track fragment)
         if visit.decision is None:
             log.info("visit %s ended without a usable face (%d frames)", visit.id, visit.frames_seen)
