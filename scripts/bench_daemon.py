@@ -11,6 +11,15 @@ pseudo-terminal whose far end takes bytes no faster than a 9600-baud line (960 b
 latency figures are printed (the display is written from its own thread; they should agree within noise).
 
     .venv/bin/python scripts/bench_daemon.py [--visits 12] [--idle-s 20] [--display] [--json out.json]
+
+With --scenarios it replays the busy-till scenarios instead (queues, looking away, couples, staff at
+the edge, an empty shop and glimpses, real video clips; tillface.evaluation.till_scenarios), each in
+real time at 15 fps, and prints per scenario: customers, decisions, members right, false matches,
+double and missed decisions, decision latency p50/p95 and CPU per frame. --baseline DIR replays the
+same frames through another checkout's daemon (e.g. `git worktree add /tmp/base <commit>`) and prints
+its CPU per frame beside ours.
+
+    .venv/bin/python scripts/bench_daemon.py --scenarios [--held-back] [--baseline DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -128,7 +137,13 @@ def main() -> int:
         action="store_true",
         help="replay the visits again with a pty-backed 9600-baud ESC/POS display and print both latencies",
     )
+    ap.add_argument("--scenarios", action="store_true", help="replay the busy-till scenarios (see above)")
+    ap.add_argument("--held-back", action="store_true", help="with --scenarios: the held-back set")
+    ap.add_argument("--empty-s", type=float, default=20.0, help="with --scenarios: seconds of empty shop")
+    ap.add_argument("--baseline", type=Path, help="with --scenarios: another checkout to compare CPU with")
     args = ap.parse_args()
+    if args.scenarios:
+        return scenarios(args)
 
     with tempfile.TemporaryDirectory(prefix="tillface-bench-") as tmp:
         work = Path(tmp)
@@ -186,6 +201,71 @@ def main() -> int:
         )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def baseline_run(checkout: Path, config: Path, events: Path) -> tuple[float, int]:
+    """CPU seconds and decisions of another checkout's daemon on the same prepared replay."""
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = {**os.environ, "PYTHONPATH": str(checkout / "daemon")}
+    cmd = [sys.executable, "-m", "tillface", "run", "--config", str(config), "--events-jsonl", str(events)]
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, len(latencies(events))
+
+
+def scenarios(args: argparse.Namespace) -> int:
+    from tillface.evaluation import till_scenarios as ts
+    from tillface.vision.pipeline import FacePipeline
+
+    pipeline = FacePipeline.from_manifest()
+
+    def measure(rgb: np.ndarray) -> float | None:
+        faces = pipeline.detect(rgb, pad_if_none=True)
+        return max(f.width for f in faces) if faces else None
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tillface-bench-") as tmp:
+        for i, scenario in enumerate(
+            ts.busy_till(args.faces, ts.Cast(measure), args.held_back, args.empty_s)
+        ):
+            config = ts.prepare(scenario, Path(tmp) / str(i))
+            run = ts.run(scenario, config, lockstep=False)
+            run.recognisable = ts.recognisable(scenario, config)
+            row = run.figures()
+            if args.baseline:
+                cpu, decided = baseline_run(args.baseline.resolve(), config, Path(tmp) / f"base-{i}.jsonl")
+                row["baseline_cpu_ms_per_frame"] = round(1000.0 * cpu / max(run.frames, 1), 2)
+                row["baseline_decisions"] = decided
+            rows.append(row)
+            base = (
+                f"  baseline {row['baseline_cpu_ms_per_frame']} ms/frame, "
+                f"{row['baseline_decisions']} decisions"
+                if args.baseline
+                else ""
+            )
+            print(
+                f"{row['scenario']:28} customers {row['customers']:2}  decisions {row['decisions']:2}  "
+                f"members right {row['members_right']}/{row['members']}  false {row['false_matches']}  "
+                f"double {row['double_decisions']}  missed {row['missed']}  stray {row['stray_decisions']}  "
+                f"latency p50 {row['latency_ms_p50']} p95 {row['latency_ms_p95']} ms  "
+                f"CPU {row['cpu_ms_per_frame']} ms/frame{base}",
+                flush=True,
+            )
+    frames_total = sum(r["cpu_ms_per_frame"] for r in rows)
+    if args.baseline:
+        base_total = sum(r["baseline_cpu_ms_per_frame"] for r in rows)
+        print(
+            f"CPU per frame, summed over scenarios: {frames_total:.1f} ms "
+            f"against the baseline's {base_total:.1f}"
+        )
+    lat = [r["latency_ms_p50"] for r in rows if r["latency_ms_p50"] is not None]
+    print(f"median of the scenarios' decision latency p50: {float(np.median(lat)):.1f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 

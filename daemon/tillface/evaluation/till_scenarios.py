@@ -203,15 +203,17 @@ def render(scenario: Scenario, out: Path) -> int:
 
 # ---- scoring ----
 def customer_at(scenario: Scenario, t: float) -> Actor | None:
-    """Who is the customer at time t: the largest customer face in view (not hidden)."""
-    best: tuple[float, Actor] | None = None
+    """Who is the customer at time t: the largest customer face in view (not hidden) that has not
+    started to walk away (its path's last leg); someone walking away only when nobody else is there."""
+    best: tuple[bool, float, Actor] | None = None
     for actor in scenario.actors:
         where = actor.at(t)
         if actor.role != "customer" or where is None or _within(t, actor.hidden):
             continue
-        if best is None or where[2] > best[0]:
-            best = (where[2], actor)
-    return best[1] if best else None
+        staying = len(actor.path) < 3 or t <= actor.path[-2][0]
+        if best is None or (staying, where[2]) > best[:2]:
+            best = (staying, where[2], actor)
+    return best[2] if best else None
 
 
 def score(
@@ -258,12 +260,10 @@ def score(
         if actor.role != "customer" or actor.identity not in members:
             continue
         decided = set(first_decisions.get(i, []))
-        matched = {e["visit_id"] for e in events if e["event"] == "match" and e["visit_id"] in decided}
-        right += bool(matched) and all(
-            e["member_id"] == actor.identity
-            for e in events
-            if e["event"] == "match" and e["visit_id"] in decided
-        )
+        matches = [e for e in events if e["event"] == "match" and e["visit_id"] in decided]
+        ok = bool(matches) and all(e["member_id"] == actor.identity for e in matches)
+        right += ok
+        right_of_recognisable += ok and actor.identity in (recognisable or set())
     counts = [len(first_decisions.get(index[id(a)], [])) for a in customers]
     return {
         "scenario": scenario.name,

@@ -8,7 +8,8 @@ events) what to do. The tracker only follows boxes from frame to frame; identity
 
 - **The customer** is the largest, most central face. A face that was in view while someone else was
   the customer (the next one in the queue, a companion, a staff member) is a *bystander*: it becomes
-  the customer only once it steps up (its face grows to `step_up_ratio` times its smallest size), and
+  the customer only once it steps up (its face grows to `step_up_ratio` times its smallest size, or
+  to `near_ratio` of the customer's, as the customer was last seen), and
   it takes the till from a customer still in view only when it is `takeover_ratio` times larger for
   `takeover_s`. When the customer is out of sight, a bystander who stepped up is a newcomer like any
   other (below), but one that covers where the customer's face was (a companion leaning in front may
@@ -58,6 +59,7 @@ class SessionRules:
     min_presence_s: float  # a face seen for less than this gets no decision
     judge_frames: int = 2  # telling frames fused before a face in doubt is judged
     step_up_ratio: float = 1.4  # a bystander's growth (face area) that makes it a possible customer
+    near_ratio: float = 0.6  # ... or its face area against the customer's, as the customer was last seen
     takeover_ratio: float = 2.0  # how much larger than the customer in view a face must be to take over
     takeover_s: float = 1.0  # ... and for how long
     growth_ratio: float = 1.5  # the customer's face area growing this much in one frame: re-check
@@ -155,6 +157,7 @@ class CustomerSession:
         self._frame_s = 0.0  # the camera's frame interval, estimated
         self._last_ts: float | None = None
         self._customer_box: np.ndarray | None = None  # where the customer's face was last seen
+        self._customer_area = float("inf")  # ... and how big it was
         self._frame_size = (0, 0)
         # Identity checks after a decision (for the CPU budget): counted, never stored.
         self.checks = 0
@@ -215,6 +218,7 @@ class CustomerSession:
         report.customer = person
         self._bystanders.pop(person.id, None)
         self._customer_box = person.detection.box
+        self._customer_area = face_area(person)
         if visit is None:
             visit = self.visits.open(person.id, ts, captured, seen_since=person.first_ts)
             self._next_check = ts + self.rules.recheck_interval_s
@@ -229,8 +233,15 @@ class CustomerSession:
 
     # ---- who may be the customer ----
     def _eligible(self, track: Track) -> bool:
+        """Whether a face may be the customer: anyone but a bystander who has not stepped up (grown
+        `step_up_ratio` times, or come as near as the customer was: `near_ratio` of their face area)."""
         smallest = self._bystanders.get(track.id)
-        return smallest is None or face_area(track) >= self.rules.step_up_ratio * smallest
+        if smallest is None:
+            return True
+        area = face_area(track)
+        return (
+            area >= self.rules.step_up_ratio * smallest or area >= self.rules.near_ratio * self._customer_area
+        )
 
     def _note_bystanders(self, seen: list[Track], person: Track) -> None:
         for track in seen:
@@ -295,6 +306,7 @@ class CustomerSession:
         if cosine < self.rules.other_person_threshold:
             log.debug("a face at cosine %.3f to the visit's person is someone else", cosine)
             return False
+        log.debug("a face at cosine %.3f to the visit's person: cannot tell yet", cosine)
         return None
 
     def _check_due(self, visit: Visit, track: Track, ts: float) -> bool:
