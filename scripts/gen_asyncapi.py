@@ -114,7 +114,8 @@ CHANNELS: dict[str, tuple[str, str, str, str, str, bool]] = {
     "eventLeft": (
         "tillface/{store}/{till}/event/left",
         "The customer left",
-        "The visit is over: no face for `[recognition] leave_after_ms`. " + EVENTS,
+        "The visit is over: its person out of sight for `[recognition] leave_after_ms`, or someone else "
+        "at the till, whichever came first. " + EVENTS,
         "left",
         "send",
         False,
