@@ -64,7 +64,9 @@ class Crm(threading.Thread):
     def run(self) -> None:
         seen = 0
         while not self.done.is_set():
-            lines = self.events.read_text().splitlines() if self.events.exists() else []
+            text = self.events.read_text() if self.events.exists() else ""
+            # Only whole lines: the daemon may be writing the last one right now.
+            lines = text[: text.rfind("\n") + 1].splitlines()
             for line in lines[seen:]:
                 record = json.loads(line)
                 if record["event"] == "match" and len(self.answers) < len(ANSWERS):
@@ -87,14 +89,23 @@ def expected_screens(records: list[dict[str, Any]], answers: dict[str, dict[str,
     a busy machine may rightly skip it."""
     upgraded = {r["visit_id"] for r in records if r["event"] == "match" and r.get("upgrade")}
     out: list[tuple] = []
-    for r in records:
+    for i, r in enumerate(records):
         if r["event"] == "visitor" and r["visit_id"] in upgraded:
             continue
         if r["event"] in ("match", "visitor"):
             out.append(expected_screen(r, answers.get(r["visit_id"])))
-        elif r["event"] == "left":
+        elif r["event"] == "left" and not replaced_at_once(r, records[i + 1 : i + 2]):
             out.append(IDLE)
     return out
+
+
+def replaced_at_once(left: dict[str, Any], following: list[dict[str, Any]]) -> bool:
+    """Whether the next customer's decision came with this `left` (the session ended the visit because
+    someone else was at the till): then the idle screen in between may rightly never be written."""
+    if not following or following[0]["event"] not in ("match", "visitor"):
+        return False
+    gap = datetime.fromisoformat(following[0]["ts"]) - datetime.fromisoformat(left["ts"])
+    return gap.total_seconds() < 0.05
 
 
 def enrolled_unit(faces: Path, work: Path, members: int, strangers: int, seed: int, extra: str):

@@ -35,6 +35,7 @@ from .system.notify import Notifier
 from .vision.detector import Detection
 from .vision.pipeline import FacePipeline
 from .vision.quality import Quality, gate
+from .vision.runtime import log_runtime, runtime_health
 
 log = logging.getLogger("tillface")
 
@@ -181,6 +182,9 @@ class Daemon:
             num_threads=config.vision.num_threads,
             score_threshold=config.vision.detector_score_threshold,
         )
+        # What the models run on, once; a model without XNNPACK is a loud warning (other embeddings).
+        log_runtime(self.pipeline, log)
+        self._runtime_health = runtime_health(self.pipeline)
         self.enrolments = EnrolmentCache(config.recognition.enroll_ttl_s)
         visits = VisitManager(
             decision_rules(config),
@@ -428,6 +432,7 @@ class Daemon:
             "models": sorted(self.pipeline.model_ids.values()),
             "outbox_depth": self.link.outbox.depth() if self.link else 0,
             "cpu_temp_c": cpu_temperature(),
+            **self._runtime_health,
         }
 
 
