@@ -28,6 +28,9 @@ fi
 [[ -x /usr/sbin/mosquitto ]] || need_apt+=(mosquitto)
 # The store server's tests also run against a throw-away PostgreSQL cluster.
 [[ "${1:-}" == "--dev" ]] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && need_apt+=(postgresql)
+# The aarch64 check (scripts/check_aarch64.sh) runs the unit under qemu-user on an arm64 root it debootstraps.
+[[ "${1:-}" == "--dev" ]] && ! command -v qemu-aarch64-static >/dev/null && need_apt+=(qemu-user-static)
+[[ "${1:-}" == "--dev" ]] && ! command -v debootstrap >/dev/null && need_apt+=(debootstrap)
 if ((${#need_apt[@]})); then
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
