@@ -681,8 +681,9 @@ def run(scenario: Scenario, config_path: Path, lockstep: bool = True) -> Run:
 
 def recognisable(scenario: Scenario, config_path: Path) -> set[str]:
     """The members whose footage the embedder and the configured thresholds match on their own: a
-    calm, frontal view at the till (up to 5 frames of the footage, fused as a visit fuses them).
-    What the scenario then loses beyond these is lost by how the visits were cut, not by recognition."""
+    calm, frontal view at the till in the scenario's light (the actor's exposure gain; up to 5 frames
+    of the footage, fused as a visit fuses them). What the scenario then loses beyond these is lost by
+    how the visits were cut, not by recognition."""
     from ..app import open_gallery
     from ..config import load_config
     from ..vision.embedder import l2_normalise
@@ -700,7 +701,10 @@ def recognisable(scenario: Scenario, config_path: Path) -> set[str]:
         for img in actor.footage[:: max(1, len(actor.footage) // 5)][:5]:
             frame = background.copy()
             scale = NEAR / actor.face_px
-            _paste(frame, cv2.resize(img, None, fx=scale, fy=scale), TILL_X, TILL_Y)
+            img = cv2.resize(img, None, fx=scale, fy=scale)
+            if actor.gain != 1.0:
+                img = np.clip(img.astype(np.float32) * actor.gain, 0, 255).astype(np.uint8)
+            _paste(frame, img, TILL_X, TILL_Y)
             faces = pipeline.detect(frame)
             if faces:
                 chip, _ = pipeline.assess(frame, max(faces, key=lambda f: f.width))
