@@ -9,7 +9,7 @@
 #
 #   --no-xnnpack    build the arm64 interpreters without the XNNPACK delegate (the check must then fail)
 #   --vision-tests  also run test_models, test_vision_detector, test_vision_align and test_matcher under
-#                   qemu (first CPU given; about 30 minutes: dlib's reference pipeline, 35 s on x86)
+#                   qemu (first CPU given; about 25 minutes, mostly dlib's reference ResNet; 35 s on x86)
 #   --chips N       faces-dev photos with a face (default 24); --random N random inputs per model (8)
 #
 # Needs qemu-user-static and debootstrap (scripts/setup.sh --dev installs them), root (debootstrap), the
