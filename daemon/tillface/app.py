@@ -276,7 +276,7 @@ class Daemon:
             self.notifier.stopping()
             self.session.end(last_ts)
             self.camera.stop()
-            self.display.stop()  # after close_all: its `left` puts the idle screen up
+            self.display.stop()  # after session.end: its `left` puts the idle screen up
             if self.link:
                 self.link.stop()
             if self._jsonl:

@@ -51,10 +51,15 @@ def _paste(frame: np.ndarray, photo: np.ndarray, cx: float, cy: float, scale: fl
     h, w = photo.shape[:2]
     nw, nh = max(1, int(w * scale)), max(1, int(h * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    img = cv2.resize(photo, (nw, nh), interpolation=interp)
-    x, y = int(cx - nw / 2), int(cy - nh / 2)
+    paste_at(frame, cv2.resize(photo, (nw, nh), interpolation=interp), cx, cy)
+
+
+def paste_at(frame: np.ndarray, img: np.ndarray, cx: float, cy: float) -> None:
+    """Paste `img` into `frame` centred at (cx, cy), clipped at the frame's edges."""
+    h, w = img.shape[:2]
+    x, y = int(cx - w / 2), int(cy - h / 2)
     fh, fw = frame.shape[:2]
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + nw, fw), min(y + nh, fh)
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, fw), min(y + h, fh)
     if x0 < x1 and y0 < y1:
         frame[y0:y1, x0:x1] = img[y0 - y : y1 - y, x0 - x : x1 - x]
 

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from ..imageio import read_rgb
-from ..scenario import shop_background
+from ..scenario import paste_at, shop_background
 from . import clips
 
 FPS = 15
@@ -119,16 +119,6 @@ def _bow(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def _paste(frame: np.ndarray, img: np.ndarray, cx: float, cy: float) -> tuple[int, int, int, int]:
-    h, w = img.shape[:2]
-    x, y = int(cx - w / 2), int(cy - h / 2)
-    fh, fw = frame.shape[:2]
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, fw), min(y + h, fh)
-    if x0 < x1 and y0 < y1:
-        frame[y0:y1, x0:x1] = img[y0 - y : y1 - y, x0 - x : x1 - x]
-    return x, y, w, h
-
-
 def _hand(frame: np.ndarray, cx: float, cy: float, face: float, rng: np.random.Generator) -> None:
     """A raised hand (palm and fingers, skin tone) in front of the face."""
     colour = np.array([196, 152, 128]) * rng.uniform(0.8, 1.1)
@@ -183,7 +173,7 @@ def render(scenario: Scenario, out: Path) -> int:
                 kernel[n // 2, :] = 1.0 / n
                 img = cv2.filter2D(img, -1, kernel)
             last_pos[i] = (cx, cy)
-            _paste(frame, img, cx, cy)
+            paste_at(frame, img, cx, cy)
             if _within(t, actor.hidden):
                 _hand(frame, cx, cy, face, rng)
         noisy = np.clip(frame.astype(np.int16) + noise[k % len(noise)], 0, 255).astype(np.uint8)
@@ -704,7 +694,7 @@ def recognisable(scenario: Scenario, config_path: Path) -> set[str]:
             img = cv2.resize(img, None, fx=scale, fy=scale)
             if actor.gain != 1.0:
                 img = np.clip(img.astype(np.float32) * actor.gain, 0, 255).astype(np.uint8)
-            _paste(frame, img, TILL_X, TILL_Y)
+            paste_at(frame, img, TILL_X, TILL_Y)
             faces = pipeline.detect(frame)
             if faces:
                 chip, _ = pipeline.assess(frame, max(faces, key=lambda f: f.width))

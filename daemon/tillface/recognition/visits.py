@@ -245,6 +245,3 @@ class VisitManager:
         duration = max(0.0, visit.last_ts - visit.first_ts)
         payload = {"visit_id": visit.id, "duration_s": round(duration, 2)}
         self._emit(VisitEvent("left", visit.id, ts, payload, visit.first_captured))
-
-    def close_all(self, ts: float) -> None:
-        self.end(ts)
