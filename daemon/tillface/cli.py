@@ -429,7 +429,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-host")
     p.add_argument("--http-port", type=int)
     p.set_defaults(func=cmd_store)
+
+    p = sub.add_parser("store-admin", help="administer the store server: API keys, till provisioning")
+    try:
+        from .store.admin import register as register_store_admin
+    except ImportError:  # without the store extra the group is empty and says what to install
+        p.set_defaults(func=lambda _a: _need_store_extra("store-admin"))
+    else:
+        admin = p.add_subparsers(dest="admin_command", required=True)
+        register_store_admin(admin)
     return parser
+
+
+def _need_store_extra(command: str) -> int:
+    print(f"tillface {command} needs the store extra (pip install 'tillface[store]')", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

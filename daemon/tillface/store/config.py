@@ -63,8 +63,14 @@ class HttpSection(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class KeysSection(_Section):
+    # Key material of the store server (layout: tillface.security.layout); mode 0700.
+    dir: Path = Path("store-keys")
+
+
 class StoreConfig(_Section):
     store: StoreSection = Field(default_factory=StoreSection)
+    keys: KeysSection = Field(default_factory=KeysSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     http: HttpSection = Field(default_factory=HttpSection)
 

@@ -1,0 +1,10 @@
+"""`tillface store-admin ...`: the store server's administration commands, run on the store server by
+its operator (they read the store's database and keys folder directly, never over the network)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds each admin command (API keys, till provisioning) to `tillface store-admin`."""
