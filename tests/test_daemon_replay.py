@@ -37,7 +37,9 @@ def replay_run(faces_dir, tmp_path_factory):
     from tillface.app import open_gallery
 
     gallery = open_gallery(config, cfg_path)
-    assert import_photos(gallery, config, faces_dir, scenario.enrol_csv, progress=False) == 0
+    assert (
+        import_photos(gallery, config, faces_dir, scenario.enrol_csv, progress=False, consent_ref="test") == 0
+    )
     assert sorted(gallery.members()) == sorted(scenario.members)
     before = snapshot(work)
     events_path = work / "events.jsonl"
@@ -141,7 +143,15 @@ def test_held_back_scenario_one_decision_per_visit_no_false_match_and_90_percent
     from tillface.app import open_gallery
 
     assert (
-        import_photos(open_gallery(config, cfg), config, faces_dir, scenario.enrol_csv, progress=False) == 0
+        import_photos(
+            open_gallery(config, cfg),
+            config,
+            faces_dir,
+            scenario.enrol_csv,
+            progress=False,
+            consent_ref="test",
+        )
+        == 0
     )
     events_path = tmp_path / "events.jsonl"
     assert Daemon(config, cfg, events_path, lockstep_replay=True).run() == 0

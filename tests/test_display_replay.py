@@ -117,7 +117,7 @@ def enrolled_unit(faces: Path, work: Path, members: int, strangers: int, seed: i
     state.mkdir()
     create_key_file(config.gallery.key_file)
     gallery = open_gallery(config, cfg_path)
-    assert import_photos(gallery, config, faces, scenario.enrol_csv, progress=False) == 0
+    assert import_photos(gallery, config, faces, scenario.enrol_csv, progress=False, consent_ref="test") == 0
     return scenario, config, cfg_path
 
 

@@ -57,7 +57,7 @@ def test_roundtrip(store: GalleryStore, key: bytes) -> None:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((3, DIM)).astype(np.float32) * 5  # not normalised: the store does it
     ids_a = store.upsert("member-a", a, "enroll")
-    ids_b = store.upsert("member-b", _unit(rng, 2), "import")
+    ids_b = store.upsert("member-b", _unit(rng, 2), "import", consent_ref="form-60")
     assert len(ids_a) == 3 and len(ids_b) == 2 and len(set(ids_a + ids_b)) == 5
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids_a)
     assert store.version == 2
@@ -246,7 +246,7 @@ def test_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     create_key_file(cfg.key_file)
     s = GalleryStore.from_config(cfg)
     s.load()
-    s.upsert("m", _unit(np.random.default_rng(7), 1), "import")
+    s.upsert("m", _unit(np.random.default_rng(7), 1), "import", consent_ref="form-249")
     assert cfg.file.exists()
     key_hex = read_key_file(cfg.key_file).hex()
     assert key_hex not in repr(s) and key_hex not in str(vars(s))
@@ -298,7 +298,7 @@ def test_version_monotonic_and_persisted(store: GalleryStore, key: bytes) -> Non
 def test_bulk_upsert_without_persist(store: GalleryStore, key: bytes) -> None:
     rng = np.random.default_rng(10)
     for i in range(20):
-        store.upsert(f"m{i}", _unit(rng, 1), "import", persist=False)
+        store.upsert(f"m{i}", _unit(rng, 1), "import", persist=False, consent_ref="form-301")
     assert not store.path.exists()
     store.save()
     assert _reopen(store, key).size == 20
@@ -316,9 +316,28 @@ def test_upsert_validation(store: GalleryStore) -> None:
         store.upsert("m", _unit(rng, 1), "camera")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="member id"):
         store.upsert("", _unit(rng, 1), "enroll")
+    # A member id names an MQTT topic level: whitespace, '/', '+' and '#' would break store-wide sync.
+    for bad in ("Jane Doe", "a/b", "a+", "#", "tab\there", "nbsp\u00a0x"):
+        with pytest.raises(ValueError, match="member id"):
+            store.upsert(bad, _unit(rng, 1), "enroll")
+    with pytest.raises(ValueError, match="consent reference"):
+        store.upsert("m", _unit(rng, 1), "import")
+    with pytest.raises(ValueError, match="consent reference"):
+        store.upsert("m", _unit(rng, 1), "import", consent_ref="  ")
     assert store.version == 0 and store.members() == []
     store.upsert("m", _unit(rng, 1)[0], "enroll")  # a single vector is one template
     assert len(store.templates_of("m")) == 1
+
+
+def test_consent_reference_kept_until_erased(store: GalleryStore, key: bytes) -> None:
+    rng = np.random.default_rng(12)
+    store.upsert("imported", _unit(rng, 1), "import", consent_ref="paper-form-0042")
+    store.upsert("enrolled", _unit(rng, 1), "enroll")
+    again = _reopen(store, key)
+    assert again.consent_of("imported") == "paper-form-0042"
+    assert again.consent_of("enrolled") is None
+    assert again.erase("imported")
+    assert _reopen(store, key).consent_of("imported") is None
 
 
 def test_matcher_cached_and_rebuilt(store: GalleryStore) -> None:
@@ -392,7 +411,13 @@ def test_100k_templates_save_and_load(tmp_path: Path, key: bytes) -> None:
     s.load()
     t0 = time.perf_counter()
     for m in range(n // per_member):
-        s.upsert(f"member-{m:06d}", emb[m * per_member : (m + 1) * per_member], "import", persist=False)
+        s.upsert(
+            f"member-{m:06d}",
+            emb[m * per_member : (m + 1) * per_member],
+            "import",
+            persist=False,
+            consent_ref="form-395",
+        )
     t1 = time.perf_counter()
     s.save()
     t2 = time.perf_counter()

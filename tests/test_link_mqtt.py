@@ -32,7 +32,9 @@ def make_unit(faces_dir: Path, work: Path, port: int, members: int = 3, stranger
     state.mkdir(exist_ok=True)
     create_key_file(config.gallery.key_file)
     gallery = open_gallery(config, cfg)
-    assert import_photos(gallery, config, faces_dir, scenario.enrol_csv, progress=False) == 0
+    assert (
+        import_photos(gallery, config, faces_dir, scenario.enrol_csv, progress=False, consent_ref="test") == 0
+    )
     return scenario, cfg, config
 
 

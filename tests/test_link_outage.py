@@ -45,7 +45,15 @@ def test_broker_outage_then_sigkill_then_restart_loses_nothing(faces_dir, tmp_pa
     state.mkdir()
     create_key_file(config.gallery.key_file)
     assert (
-        import_photos(open_gallery(config, cfg), config, faces_dir, scenario.enrol_csv, progress=False) == 0
+        import_photos(
+            open_gallery(config, cfg),
+            config,
+            faces_dir,
+            scenario.enrol_csv,
+            progress=False,
+            consent_ref="test",
+        )
+        == 0
     )
 
     # The store keeps a persistent session: the broker queues for it while it is away too.

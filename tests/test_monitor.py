@@ -34,7 +34,9 @@ def unit(faces_dir, tmp_path_factory):
     (work / "state").mkdir()
     create_key_file(config.gallery.key_file)
     gallery = open_gallery(config, cfg)
-    assert import_photos(gallery, config, faces_dir, scenario.enrol_csv, progress=False) == 0
+    assert (
+        import_photos(gallery, config, faces_dir, scenario.enrol_csv, progress=False, consent_ref="test") == 0
+    )
     return scenario, cfg, work
 
 

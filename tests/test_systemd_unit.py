@@ -54,3 +54,10 @@ def test_unit_has_the_service_contract():
         "ProtectSystem=strict",
     ):
         assert line in text, line
+
+
+def test_unit_allows_no_core_dumps():
+    """A core dump would hold the gallery key and decrypted templates: the unit forbids them (the last
+    LimitCORE= line is the one systemd applies)."""
+    limits = [line.strip() for line in UNIT.read_text().splitlines() if line.startswith("LimitCORE=")]
+    assert limits and limits[-1] == "LimitCORE=0"

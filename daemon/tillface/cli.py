@@ -226,7 +226,9 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         return 0
     from .enrol import import_photos
 
-    return import_photos(gallery, config, args.images, args.labels, progress=not args.quiet)
+    return import_photos(
+        gallery, config, args.images, args.labels, progress=not args.quiet, consent_ref=args.consent_ref
+    )
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -371,10 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     gsub = p.add_subparsers(dest="action", required=True)
     g = gsub.add_parser("list")
     g.add_argument("--config", type=Path, required=True)
-    g = gsub.add_parser("import", help="enrol members from consented photos (CSV: path,identity)")
+    g = gsub.add_parser(
+        "import", help="enrol members from consented photos (CSV: path,identity[,consent_ref])"
+    )
     g.add_argument("--config", type=Path, required=True)
     g.add_argument("--images", type=Path, required=True)
     g.add_argument("--labels", type=Path, required=True)
+    g.add_argument(
+        "--consent-ref",
+        help="where the consent of every member in the CSV is recorded (for rows without consent_ref)",
+    )
     g.add_argument("--quiet", action="store_true")
     g = gsub.add_parser("erase")
     g.add_argument("--config", type=Path, required=True)

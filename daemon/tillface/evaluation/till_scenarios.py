@@ -633,7 +633,9 @@ def prepare(scenario: Scenario, work: Path, extra_config: str = "") -> Path:
             cv2.imwrite(str(enrol_dir / f"{i}.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
             writer.writerow([f"{i}.png", member])
     gallery = open_gallery(config, config_path)
-    if scenario.enrol and import_photos(gallery, config, enrol_dir, enrol_dir / "labels.csv", progress=False):
+    if scenario.enrol and import_photos(
+        gallery, config, enrol_dir, enrol_dir / "labels.csv", progress=False, consent_ref="evaluation"
+    ):
         raise RuntimeError(f"{scenario.name}: a member's enrolment photo has no usable face")
     return config_path
 

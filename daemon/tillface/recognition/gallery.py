@@ -243,6 +243,8 @@ class GalleryStore:
         # members leave a tombstone so that an older copy can never bring them back.
         self._revisions: dict[str, int] = {}
         self._tombstones: dict[str, int] = {}
+        # Consent reference of each imported member (enrolled members' consents live in the store).
+        self._consents: dict[str, str] = {}
         self._loaded = False
         self._matcher_cache: tuple[int, Matcher] | None = None
 
@@ -283,6 +285,11 @@ class GalleryStore:
         with self._lock:
             return list(self._members.get(member_id, ()))
 
+    def consent_of(self, member_id: str) -> str | None:
+        """The consent reference an imported member was enrolled with (None for other members)."""
+        with self._lock:
+            return self._consents.get(member_id)
+
     def __contains__(self, member_id: object) -> bool:
         with self._lock:
             return member_id in self._members
@@ -299,14 +306,14 @@ class GalleryStore:
                 if not missing_ok:
                     raise GalleryError(f"gallery file {self.path} does not exist") from None
                 self._members, self._version = {}, 0
-                self._revisions, self._tombstones = {}, {}
+                self._revisions, self._tombstones, self._consents = {}, {}, {}
                 self._matcher_cache = None
                 self._loaded = True
                 log.info("gallery %s does not exist yet: starting empty", self.path)
                 return
             except OSError as exc:
                 raise GalleryError(f"cannot read gallery file {self.path}: {exc.strerror}") from None
-            members, version, dim, revisions, tombstones, embedder = self._decode(blob)
+            members, version, dim, revisions, tombstones, embedder, consents = self._decode(blob)
             if embedder != self.embedder and members:
                 raise GalleryError(
                     f"gallery file {self.path} holds templates made by embedder {embedder!r}, but this unit "
@@ -315,7 +322,7 @@ class GalleryStore:
                     "file (tillface gallery import); the file was left untouched"
                 )
             self._members, self._version, self._dim = members, version, dim
-            self._revisions, self._tombstones = revisions, tombstones
+            self._revisions, self._tombstones, self._consents = revisions, tombstones, consents
             self._matcher_cache = None
             self._loaded = True
             log.info(
@@ -360,6 +367,7 @@ class GalleryStore:
                 "sources": list(SOURCES),
                 "revisions": [self._revisions.get(m, 0) for m in member_ids],
                 "tombstones": self._tombstones,
+                "consents": {m: self._consents[m] for m in member_ids if m in self._consents},
                 "saved": time.time(),
             },
             separators=(",", ":"),
@@ -389,7 +397,7 @@ class GalleryStore:
 
     def _decode(
         self, blob: bytes
-    ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int], str]:
+    ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int], str, dict[str, str]]:
         where = f"gallery file {self.path}"
         if len(blob) < len(MAGIC) + NONCE_SIZE + TAG_SIZE:
             raise GalleryError(f"{where} is truncated ({len(blob)} bytes); it was left untouched")
@@ -412,7 +420,7 @@ class GalleryStore:
     @staticmethod
     def _parse(
         plaintext: bytes,
-    ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int], str]:
+    ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int], str, dict[str, str]]:
         (header_len,) = struct.unpack_from(">I", plaintext, 0)
         header = json.loads(plaintext[4 : 4 + header_len])
         if header["format"] != FORMAT_VERSION:
@@ -455,7 +463,8 @@ class GalleryStore:
             template = Template(ids[16 * i : 16 * i + 16].hex(), member, row, ts, source_names[si])
             out.setdefault(member, []).append(template)
         revisions = {m: r for m, r in zip(member_ids, revision_list, strict=True) if m in out}
-        return out, version, dim, revisions, tombstones, embedder
+        consents = {str(m): str(c) for m, c in header.get("consents", {}).items() if m in out}
+        return out, version, dim, revisions, tombstones, embedder, consents
 
     # -------------------------------------------------------------- changes
 
@@ -467,14 +476,18 @@ class GalleryStore:
         *,
         replace: bool = False,
         persist: bool = True,
+        consent_ref: str | None = None,
     ) -> list[str]:
         """Add templates (rows of `embeddings`, shape (k, dim)) to a member, creating the member if new.
 
         `replace=True` drops the member's existing templates first. Rows are L2-normalised. The file is
         rewritten at once unless `persist=False` (for bulk imports: call `save()` at the end). Returns
-        the new template ids.
+        the new template ids. An imported member needs `consent_ref` (where the customer's consent is
+        recorded, e.g. a form number): the gallery keeps it with the member until the member is erased.
         """
-        _check_member_id(member_id)
+        check_member_id(member_id)
+        if source == "import" and not (consent_ref and consent_ref.strip()):
+            raise ValueError(f"member {member_id}: an imported member needs a consent reference")
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         rows = np.asarray(embeddings, dtype=np.float32)
@@ -501,16 +514,19 @@ class GalleryStore:
             self._members[member_id] = [*existing, *new]
             self._revisions[member_id] = self._next_revision(member_id)
             self._tombstones.pop(member_id, None)
+            if consent_ref:
+                self._consents[member_id] = consent_ref
             self._version += 1
             audit_log.info(
                 "gallery upsert member=%s templates_added=%d templates_total=%d replace=%s "
-                "version=%d source=%s",
+                "version=%d source=%s consent=%s",
                 member_id,
                 len(new),
                 len(self._members[member_id]),
                 replace,
                 self._version,
                 source,
+                self._consents.get(member_id, "-"),
             )
             if persist:
                 self.save()
@@ -535,6 +551,7 @@ class GalleryStore:
                 return False
             self._matcher_cache = None
             del self._members[member_id]
+            self._consents.pop(member_id, None)
             self._tombstones[member_id] = self._next_revision(member_id)
             self._revisions.pop(member_id, None)
             self._version += 1
@@ -584,7 +601,7 @@ class GalleryStore:
         tombstone), so re-delivery and out-of-order copies are harmless. Returns True if applied
         (and persisted).
         """
-        _check_member_id(member_id)
+        check_member_id(member_id)
         with self._lock:
             self._require_loaded("change it")
             known = max(self._revisions.get(member_id, 0), self._tombstones.get(member_id, 0))
@@ -593,6 +610,7 @@ class GalleryStore:
             self._matcher_cache = None
             if templates is None:
                 removed = self._members.pop(member_id, [])
+                self._consents.pop(member_id, None)
                 self._revisions.pop(member_id, None)
                 self._tombstones[member_id] = revision
                 self._version += 1
@@ -670,8 +688,11 @@ def _uuid4_hex(count: int) -> list[str]:
     return [row.tobytes().hex() for row in raw]
 
 
-def _check_member_id(member_id: str) -> None:
+def check_member_id(member_id: str) -> None:
+    """Raises ValueError naming what is wrong with a member id (the one rule for member ids)."""
     if not isinstance(member_id, str) or not member_id or len(member_id) > MAX_MEMBER_ID_LENGTH:
         raise ValueError(f"member id must be a string of 1..{MAX_MEMBER_ID_LENGTH} characters")
-    if not member_id.isprintable() or member_id != member_id.strip():
-        raise ValueError("member id must be printable without surrounding spaces")
+    if not member_id.isprintable() or any(c.isspace() or c in "/+#" for c in member_id):
+        # A member id names an MQTT topic level (gallery/members/<id>): one bad id would stop the
+        # till's store-wide sync.
+        raise ValueError(f"member id {member_id!r} must be printable, without spaces, '/', '+' or '#'")
