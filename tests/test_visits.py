@@ -185,3 +185,26 @@ def test_a_glimpse_ending_decides_nothing_either(setup):
         manager.add(visit, near(anna, rng), 0.9)
     manager.end(0.3)
     assert events == []
+
+
+def test_a_decision_carries_when_the_presence_rule_allowed_it(setup):
+    """The decision wait is measured from the first frame at which min_presence_s was met, not from
+    the first frame: the rule's wait is deliberate (a glimpse gets no decision)."""
+    _manager, events, anna, _bob, rng, enrol, _clock = setup
+    rules = dataclasses.replace(RULES, min_presence_s=0.3)
+    manager = VisitManager(
+        rules, lambda: Matcher(anna[None, :], ["anna"]), lambda: 7, VisitorCodes(), enrol, "m1", events.append
+    )
+    captured = {}
+    for i in range(12):
+        ts = i / 15
+        visit = manager.active or manager.open(1, ts, captured=500.0 + ts)
+        manager.seen(visit, ts, ts - visit.seen_since + 1 / 15, captured=500.0 + ts)
+        captured[i] = 500.0 + ts
+        manager.add(visit, near(anna, rng), 0.8)
+        manager.step(visit, ts)
+    (match,) = [e for e in events if e.event == "match"]
+    # Frame 4 is the first with 0.3 s in view (5 frames at 15 fps, first and last included).
+    assert match.visit_first_captured == pytest.approx(captured[0])
+    assert match.visit_decidable_captured == pytest.approx(captured[4])
+    assert match.frame_ts == pytest.approx(4 / 15)

@@ -22,7 +22,7 @@ from . import __version__
 from .camera import CameraWorker, Frame, make_source
 from .config import Config, ConfigError, load_config
 from .display import make_display
-from .events import JsonlSink, event_record, latency_ms, log_decision
+from .events import JsonlSink, decision_wait_ms, event_record, latency_ms, log_decision
 from .link.mqtt import Link
 from .link.schemas import DisplayCommand
 from .recognition.enrolment import EnrolmentCache
@@ -169,6 +169,7 @@ class Daemon:
         self._reload = threading.Event()
         self.stats = RunStats()
         self.latencies_ms: deque[float] = deque(maxlen=500)
+        self.decision_waits_ms: deque[float] = deque(maxlen=500)  # after the presence rule allowed it
         self.observers: list[DaemonObserver] = []  # e.g. `tillface monitor`; called from the loop
         self.last_status = ""
         self.started = time.monotonic()
@@ -339,6 +340,9 @@ class Daemon:
         if latency is not None and event.event in ("match", "visitor"):
             self.latencies_ms.append(latency)
             record["latency_ms"] = round(latency, 1)
+            wait = decision_wait_ms(event)
+            if wait is not None:
+                self.decision_waits_ms.append(wait)
         self.stats.events += 1
         log_decision(record, latency)
         for observer in self.observers:

@@ -69,6 +69,15 @@ def log_decision(record: dict[str, Any], latency_ms: float | None) -> None:
 
 
 def latency_ms(event: VisitEvent) -> float | None:
+    """From the visit's first frame to now: what the customer waits for the greeting."""
     if not event.visit_first_captured:
         return None
     return (time.monotonic() - event.visit_first_captured) * 1000.0
+
+
+def decision_wait_ms(event: VisitEvent) -> float | None:
+    """From the first frame at which the presence rule ([recognition] min_presence_ms) allowed a
+    decision to now: the pipeline's own part of the latency, which the rule's deliberate wait is not."""
+    if not event.visit_decidable_captured:
+        return None
+    return max(0.0, (time.monotonic() - event.visit_decidable_captured) * 1000.0)

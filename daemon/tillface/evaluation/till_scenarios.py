@@ -585,9 +585,11 @@ class Run:
     frames: int
     cpu_s: float  # process CPU time of the daemon's run
     wall_s: float
-    latencies_ms: list[float]  # decision latency (real-time replays only)
+    latencies_ms: list[float]  # decision latency from the visit's first frame (real-time replays only)
     checks: int  # identity checks after decisions
     recognisable: set[str] = field(default_factory=set)  # see `recognisable`
+    # decision latency from the frame at which the 0.3 s presence rule allowed a decision
+    waits_ms: list[float] = field(default_factory=list)
 
     def figures(self) -> dict[str, Any]:
         out = score(self.scenario, self.events, self.event_frames, self.recognisable)
@@ -596,6 +598,8 @@ class Run:
             {
                 "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat else None,
                 "latency_ms_p95": round(float(np.percentile(lat, 95)), 1) if lat else None,
+                "wait_ms_p50": round(float(np.percentile(self.waits_ms, 50)), 1) if self.waits_ms else None,
+                "wait_ms_p95": round(float(np.percentile(self.waits_ms, 95)), 1) if self.waits_ms else None,
                 "cpu_ms_per_frame": round(1000.0 * self.cpu_s / max(self.frames, 1), 2),
                 "identity_checks": self.checks,
             }
@@ -666,8 +670,17 @@ def run(scenario: Scenario, config_path: Path, lockstep: bool = True) -> Run:
     daemon.run()
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     latencies = [e["latency_ms"] for e in events if e["event"] in DECISIONS and "latency_ms" in e]
+    waits = list(daemon.decision_waits_ms) if not lockstep else []
     return Run(
-        scenario, events, event_frames, daemon.stats.frames, cpu, wall, latencies, daemon.session.checks
+        scenario,
+        events,
+        event_frames,
+        daemon.stats.frames,
+        cpu,
+        wall,
+        latencies,
+        daemon.session.checks,
+        waits_ms=waits,
     )
 
 

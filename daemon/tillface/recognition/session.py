@@ -339,7 +339,7 @@ class CustomerSession:
         report: SessionReport,
     ) -> SessionReport:
         visits = self.visits
-        visits.seen(visit, ts, self._presence(visit, ts))
+        visits.seen(visit, ts, self._presence(visit, ts), captured)
         report.visit = visit
         doubtful = self._check_due(visit, person, ts)
         if not self._anchor:
@@ -356,7 +356,7 @@ class CustomerSession:
                     self._doubt.samples.append(sample)
                 verdict = self._judge(self._doubt)
                 if verdict is False:
-                    return self._split(self._doubt, ts, decide, report)
+                    return self._split(self._doubt, ts, captured, decide, report)
                 if verdict is None and len(self._doubt.telling) < self.rules.anchor_frames:
                     if decide:
                         visits.step(visit, ts)  # decide on the frames the visit already has
@@ -394,12 +394,12 @@ class CustomerSession:
         if verdict is None:
             return report  # the visit waits; nothing is decided for either
         if verdict is False:
-            return self._split(self._doubt, ts, decide, report)
+            return self._split(self._doubt, ts, captured, decide, report)
         # The customer looked away and back: the same visit goes on with this track.
         log.debug("visit %s: its person is back (track %d)", visit.id, person.id)
         visit.track_id = person.id
         self._customer_box = person.detection.box
-        self.visits.seen(visit, ts, self._presence(visit, ts))
+        self.visits.seen(visit, ts, self._presence(visit, ts), captured)
         report.visit = visit
         self._resolve(visit)
         if decide:
@@ -425,12 +425,14 @@ class CustomerSession:
                 self.visits.add(visit, s.embedding, s.weight, good=s.good)
         self.visits.refresh_enrolment(visit)
 
-    def _split(self, doubt: _Doubt, ts: float, decide: bool, report: SessionReport) -> SessionReport:
+    def _split(
+        self, doubt: _Doubt, ts: float, captured: float, decide: bool, report: SessionReport
+    ) -> SessionReport:
         """Someone else is at the till: the visit ends, theirs begins with the frames that told."""
         log.debug("someone else at the till (track %d)", doubt.track_id)
         self.end(doubt.first_ts)
         visit = self.visits.open(doubt.track_id, doubt.first_ts, doubt.first_captured, doubt.seen_since)
-        self.visits.seen(visit, ts, self._presence(visit, ts))
+        self.visits.seen(visit, ts, self._presence(visit, ts), captured)
         self._next_check = ts + self.rules.recheck_interval_s
         for s in doubt.samples:
             self.visits.add(visit, s.embedding, s.weight, good=s.good)

@@ -49,6 +49,8 @@ class VisitEvent:
     frame_ts: float  # timestamp of the frame that caused it (camera clock)
     payload: dict[str, Any]  # DESIGN §4 fields for this event
     visit_first_captured: float = 0.0  # time.monotonic() of the visit's first frame
+    # time.monotonic() of the first frame at which the presence rule let the visit be decided
+    visit_decidable_captured: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"event": self.event, "visit_id": self.visit_id, **self.payload}
@@ -64,6 +66,7 @@ class Visit:
     first_captured: float  # time.monotonic() of the first frame (decision latency is measured from it)
     seen_since: float  # camera time the person's face was first seen (at the till or waiting)
     present_s: float = 0.0  # how long the face has been in view, as the session measured it
+    decidable_captured: float = 0.0  # time.monotonic() of the first frame with present_s >= min_presence_s
     embeddings: list[np.ndarray] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     frames_seen: int = 0
@@ -122,11 +125,13 @@ class VisitManager:
         self.active = visit
         return visit
 
-    def seen(self, visit: Visit, ts: float, present_s: float) -> None:
-        """The visit's person is in this frame."""
+    def seen(self, visit: Visit, ts: float, present_s: float, captured: float = 0.0) -> None:
+        """The visit's person is in this frame (captured at time.monotonic() `captured`)."""
         visit.last_ts = ts
         visit.frames_seen += 1
         visit.present_s = present_s
+        if not visit.decidable_captured and present_s >= self.rules.min_presence_s:
+            visit.decidable_captured = captured
 
     def wants_embedding(self, visit: Visit) -> bool:
         """Embedding costs time: skip it once nothing more can come of it."""
@@ -203,7 +208,7 @@ class VisitManager:
             # The visitor's embeddings are no longer needed for enrolment: drop them now.
             if visit.visitor_code:
                 self._enrolments.discard(visit.visitor_code)
-        self._emit(VisitEvent("match", visit.id, ts, payload, visit.first_captured))
+        self._emit(VisitEvent("match", visit.id, ts, payload, visit.first_captured, visit.decidable_captured))
 
     def _publish_visitor(self, visit: Visit, decision: Decision, ts: float, quality: float) -> None:
         code = self._codes.issue()
@@ -219,7 +224,9 @@ class VisitManager:
             "score": round(decision.score, 4),
             "margin": round(decision.margin, 4),
         }
-        self._emit(VisitEvent("visitor", visit.id, ts, payload, visit.first_captured))
+        self._emit(
+            VisitEvent("visitor", visit.id, ts, payload, visit.first_captured, visit.decidable_captured)
+        )
 
     def refresh_enrolment(self, visit: Visit) -> None:
         """Later frames of a visitor make a better enrolment template: keep the held copy current."""
@@ -244,4 +251,4 @@ class VisitManager:
             return
         duration = max(0.0, visit.last_ts - visit.first_ts)
         payload = {"visit_id": visit.id, "duration_s": round(duration, 2)}
-        self._emit(VisitEvent("left", visit.id, ts, payload, visit.first_captured))
+        self._emit(VisitEvent("left", visit.id, ts, payload, visit.first_captured, visit.decidable_captured))
