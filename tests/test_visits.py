@@ -208,3 +208,19 @@ def test_a_decision_carries_when_the_presence_rule_allowed_it(setup):
     assert match.visit_first_captured == pytest.approx(captured[0])
     assert match.visit_decidable_captured == pytest.approx(captured[4])
     assert match.frame_ts == pytest.approx(4 / 15)
+
+
+def test_a_visit_with_no_good_frame_fuses_all_its_frames_equally(setup):
+    """When no frame passed the quality gate, their near-zero gate scores do not pick the few frames
+    that show the person best: every kept frame counts the same."""
+    manager, _events, anna, _bob, rng, _enrol, _clock = setup
+    visit = manager.open(1, 0.0)
+    frames = [near(anna, rng, noise=0.6) for _ in range(8)]
+    for i, emb in enumerate(frames):
+        manager.add(visit, emb, weight=0.01 * i, good=False)
+    fused, _quality = visit.fused(RULES.fuse_best_n)
+    mean = np.mean(frames, axis=0)
+    assert np.allclose(fused, mean / np.linalg.norm(mean), atol=1e-6)
+    manager.add(visit, near(anna, rng), weight=0.9, good=True)  # one good frame: weights count again
+    fused, _quality = visit.fused(RULES.fuse_best_n)
+    assert not np.allclose(fused, mean / np.linalg.norm(mean), atol=1e-3)

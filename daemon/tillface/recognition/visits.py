@@ -82,6 +82,12 @@ class Visit:
         return np.stack([self.embeddings[i] for i in order]), np.asarray([self.weights[i] for i in order])
 
     def fused(self, n: int) -> tuple[np.ndarray, float]:
+        if not self.good_frames and self.embeddings:
+            # No frame passed the quality gate: how badly each failed says little about which shows
+            # the person best, so every kept frame counts the same (averaging more frames of a turned or
+            # dim face is steadier than picking a few of them by a near-zero score).
+            embs, w = np.stack(self.embeddings), np.asarray(self.weights)
+            return l2_normalise(embs.mean(axis=0)), float(w.mean())
         embs, w = self.best(n)
         w = np.maximum(w, 1e-6)
         return l2_normalise((embs * w[:, None]).sum(axis=0)), float(w.mean())
