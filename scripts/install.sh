@@ -403,6 +403,11 @@ cat >"$tmp/wrapper" <<EOF
 # gallery key and the state folder (theirs, 0600/0700) can be used and nothing is left owned by root.
 export TILLFACE_MODELS="\${TILLFACE_MODELS:-$MODELS}"
 if [ "\$(id -u)" = 0 ]; then
+  # The broker password is root's (the service gets it as a credential): root hands it to this one
+  # command (tillface doctor, monitor) in the environment, as TILLFACE_MQTT_PASSWORD.
+  if [ -z "\${TILLFACE_MQTT_PASSWORD:-}" ] && [ -f $CRED_DIR/mqtt.password ]; then
+    TILLFACE_MQTT_PASSWORD="\$(cat $CRED_DIR/mqtt.password)" && export TILLFACE_MQTT_PASSWORD
+  fi
   exec runuser -u $SERVICE_USER -- $VENV/bin/tillface "\$@"
 fi
 exec $VENV/bin/tillface "\$@"

@@ -42,8 +42,12 @@ def snapshot_checkout(dest: Path) -> Path:
     return dest
 
 
+def env_without_tillface() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TILLFACE_")}
+
+
 def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLFACE_")}
+    env = env_without_tillface()
     script = root.parent / "checkout" / "scripts" / "install.sh"
     out = subprocess.run(
         ["bash", str(script), "--root", str(root), *args],
@@ -314,8 +318,25 @@ def test_a_tills_credentials_bundle_is_installed(installed):
     again = install(root, "--credentials", str(bundle))
     assert "nothing changed" in again.stdout, again.stdout
 
+    # Run by root, the command (doctor, monitor) gets the root-only broker password in its environment.
+    stub = work / "stub-tillface"
+    stub.write_text('#!/bin/sh\nprintf "%s" "$TILLFACE_MQTT_PASSWORD"\n')
+    stub.chmod(0o755)
+    wrapper = (root / "usr/local/bin/tillface").read_text()
+    assert "runuser -u tillface -- /opt/tillface/.venv/bin/tillface" in wrapper
+    probe = work / "wrapper-probe"
+    probe.write_text(
+        wrapper.replace("/etc/tillface/credentials", str(creds)).replace(
+            "runuser -u tillface -- /opt/tillface/.venv/bin/tillface", str(stub)
+        )
+    )
+    handed = subprocess.run(
+        ["sh", str(probe), "doctor"], capture_output=True, text=True, env=env_without_tillface()
+    )
+    assert handed.stdout == (bundle / layout.MQTT_PASSWORD).read_text(), handed
+
     # Not a bundle: refused before anything is installed, saying how to make one.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLFACE_")}
+    env = env_without_tillface()
     empty = work / "not-a-bundle"
     empty.mkdir()
     bad = subprocess.run(

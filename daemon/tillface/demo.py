@@ -7,8 +7,8 @@ server, each confined by an ACL; the demo provisions both as `tillface store-adm
 reference store server (`tillface store`, SQLite in the demo's folder) and one unit (`tillface run`,
 with its credentials bundle) on a replay camera, whose customer display (the `escpos` driver) is a
 pseudo-terminal: the demo decodes its bytes as a 2×20 VFD would and prints the screen, boxed, whenever
-it changes. The replay is rendered from scikit-image's public-domain
-astronaut portrait: one customer visiting three times.
+it changes. The replay is rendered from scikit-image's public-domain astronaut portrait: one customer
+visiting three times.
 
 1. A stranger: the unit decides `visitor` and the display shows her a visitor code.
 2. She agrees to join. The demo, as the cashier, finds the code with `GET /visitors` and calls
