@@ -407,3 +407,87 @@ def test_a_real_till_connects_with_its_bundle(broker, store, tmp_path, monkeypat
         assert "not authorized" in till.log().lower() or "refused" in till.log().lower(), till.log()[-2000:]
     finally:
         till.stop()
+
+
+def test_the_shipped_file_works_as_debian_runs_it(tmp_path):
+    """The README's installation: the file in conf.d under a main config like Debian's, mosquitto
+    dropping to its own user, which must read the provisioned password and ACL files (group mosquitto)
+    at start and again on a reload, and the TLS key (0640, group mosquitto)."""
+    import grp
+    import shutil
+    import signal
+    import tempfile
+
+    from mosquitto import free_port
+
+    assert os.geteuid() == 0, "mosquitto drops to its own user only when started as root"
+    mosquitto_gid = grp.getgrnam("mosquitto").gr_gid
+    # Not under pytest's 0700 temp folder: the mosquitto user must reach its files.
+    work = Path(tempfile.mkdtemp(prefix="tillface-debian-broker-", dir="/tmp"))
+    work.chmod(0o755)
+    proc = None
+    try:
+        store = Store(work)
+        store.provision_store()
+        store.provision("t1")
+        certs = make_ca(work / "pki")
+        os.chown(certs["key"], 0, mosquitto_gid)
+        certs["key"].chmod(0o640)
+        (work / "pki").chmod(0o755)
+        for d in ("db", "log", "conf.d"):
+            (work / d).mkdir()
+            shutil.chown(work / d, "mosquitto", "mosquitto")
+        port, tls_port = free_port(), free_port()
+        shipped = (Path(__file__).resolve().parents[1] / "config/mosquitto/tillface-store.conf").read_text()
+        replacements = {
+            "/var/lib/tillface-store/keys": str(store.keys),
+            "/etc/mosquitto/certs/tillface-broker.pem": str(certs["cert"]),
+            "/etc/mosquitto/certs/tillface-broker.key": str(certs["key"]),
+            "listener 1883 127.0.0.1": f"listener {port} 127.0.0.1",
+            "listener 8883\n": f"listener {tls_port} 127.0.0.1\n",
+        }
+        for old, new in replacements.items():
+            assert old in shipped, old
+            shipped = shipped.replace(old, new)
+        (work / "conf.d/tillface-store.conf").write_text(shipped)
+        main = work / "mosquitto.conf"  # Debian's /etc/mosquitto/mosquitto.conf, paths moved
+        main.write_text(
+            f"persistence true\npersistence_location {work}/db/\n"
+            f"log_dest file {work}/log/mosquitto.log\ninclude_dir {work}/conf.d\n"
+        )
+        proc = subprocess.Popen(["mosquitto", "-c", str(main)], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while connack_or_none(port, None) is None:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "mosquitto did not start"
+            time.sleep(0.1)
+        uid_line = next(
+            x for x in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if x.startswith("Uid:")
+        )
+        assert int(uid_line.split()[1]) == __import__("pwd").getpwnam("mosquitto").pw_uid, uid_line
+        tls = {"ca_certs": str(certs["ca"])}
+        assert connack(port, None) == "Not authorized"
+        assert connack(port, store.till_login("t1")) == "Success"
+        assert connack(tls_port, store.till_login("t1"), tls) == "Success"
+        assert connack(tls_port, store.store_login(), tls) == "Success"
+        # A till provisioned later: `systemctl reload mosquitto` (SIGHUP), read as the mosquitto user.
+        store.provision("t2")
+        assert connack(tls_port, store.till_login("t2"), tls) == "Not authorized"
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while connack(tls_port, store.till_login("t2"), tls) != "Success":
+            assert time.monotonic() < deadline, (work / "log/mosquitto.log").read_text()
+            time.sleep(0.2)
+        assert "Error" not in (work / "log/mosquitto.log").read_text()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def connack_or_none(port: int, login: tuple[str, str] | None) -> str | None:
+    try:
+        return connack(port, login)
+    except OSError:
+        return None
