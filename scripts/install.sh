@@ -14,6 +14,9 @@
 #   /etc/tillface/tillface.toml   the config: installed once, never overwritten once edited (a newer
 #                       default goes next to it as tillface.toml.new)
 #   /etc/tillface/credentials/gallery.key   32 random bytes, 0600, owned by tillface (LoadCredential=)
+#   /etc/tillface/credentials/{mqtt.password,till-signing.key,store-signing.pub,store-gallery.key}
+#                       from a till's credentials bundle (--credentials), root:root 0600, handed to the
+#                       service by a drop-in, tillface.service.d/credentials.conf (LoadCredential=)
 #   /var/lib/tillface/  the state folder (gallery), 0700, owned by tillface
 #   user tillface       system user (systemd-sysusers), in groups video (camera) and dialout (display)
 #   /etc/systemd/system/tillface.service   the unit, enabled (and started when systemd runs)
@@ -30,6 +33,10 @@
 #                  is 3.11 or newer, else /usr/bin/python3.11 (Ubuntu 22.04 on a Jetson)
 #   --wheels DIR   install Python packages only from the wheels in DIR (offline: pip --no-index); they
 #                  must be the lock's (`pip download --require-hashes -r requirements/unit-ARCH.txt`)
+#   --credentials DIR   a till's credentials bundle, made on the store server by `tillface store-admin
+#                  provision-till --till ID --out DIR`: its secrets go to /etc/tillface/credentials/
+#                  (root:root 0600), its till.toml settings (store and till id, broker host, port and
+#                  account) into the config, and its broker CA (if any) to /etc/tillface/mqtt-ca.pem
 #   --uninstall, --purge   see above
 set -euo pipefail
 
@@ -37,6 +44,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOT="${TILLFACE_ROOT:-/}"
 PYTHON="${TILLFACE_PYTHON:-}"
 WHEELS=""
+CREDS_IN=""
 MODE=install
 PURGE=0
 DO_START=1
@@ -52,6 +60,8 @@ while (($#)); do
     --root=*) ROOT="${1#--root=}" ;;
     --python) PYTHON="${2:?--python needs a path}"; shift ;;
     --wheels) WHEELS="${2:?--wheels needs a folder}"; shift ;;
+    --credentials) CREDS_IN="${2:?--credentials needs a folder}"; shift ;;
+    --credentials=*) CREDS_IN="${1#--credentials=}" ;;
     --no-start) DO_START=0 ;;
     --no-enable) DO_ENABLE=0 ;;
     --no-apt) DO_APT=0 ;;
@@ -80,6 +90,10 @@ STATE=/var/lib/tillface
 UNIT=/etc/systemd/system/tillface.service
 WRAPPER=/usr/local/bin/tillface
 SYSUSERS=/etc/sysusers.d/tillface.conf
+# A till's credentials bundle (tillface.security.layout): the files the service gets as credentials.
+BUNDLE_CREDENTIALS=(mqtt.password till-signing.key store-signing.pub store-gallery.key)
+MQTT_CA=$ETC/mqtt-ca.pem
+CRED_DROPIN=$UNIT.d/credentials.conf
 
 systemd_running=0
 [[ "$ROOT" == / && -d /run/systemd/system ]] && systemd_running=1
@@ -147,7 +161,7 @@ uninstall() {
     changed "service disabled in $ROOT"
   fi
   local path
-  for path in "$UNIT" "$UNIT.d/mqtt-password.conf" "$WRAPPER"; do
+  for path in "$UNIT" "$UNIT.d/mqtt-password.conf" "$CRED_DROPIN" "$WRAPPER"; do
     if [[ -e "$R$path" ]]; then
       rm -f "$R$path"
       changed "removed $path"
@@ -198,6 +212,16 @@ if [[ $MODE == uninstall ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------------------
+# The credentials bundle is checked before anything is installed.
+if [[ -n "$CREDS_IN" ]]; then
+  fix="make one on the store server: tillface store-admin provision-till --till ID --out DIR"
+  [[ -d "$CREDS_IN" ]] || die "--credentials $CREDS_IN is not a folder ($fix)"
+  CREDS_IN="$(cd "$CREDS_IN" && pwd -P)"
+  for f in till.toml mqtt.password; do
+    [[ -f "$CREDS_IN/$f" ]] || die "--credentials $CREDS_IN has no $f: not a till's credentials bundle ($fix)"
+  done
+fi
+
 echo "tillface: installing into $ROOT from $REPO"
 [[ "$ROOT" != / ]] && DO_APT=0
 ((systemd_running)) || note "systemd is not running here: the service is enabled, not started"
@@ -277,6 +301,20 @@ ensure_dir "$R$OPT" 755 0:0 && changed "$OPT"
 ensure_dir "$R$ETC" 755 0:0 && changed "$ETC"
 ensure_dir "$R$CRED_DIR" 700 "$IDS" && changed "$CRED_DIR (0700, $SERVICE_USER)"
 ensure_dir "$R$STATE" 700 "$IDS" && changed "$STATE (0700, $SERVICE_USER)"
+
+# --- a till's credentials bundle: secrets root:root 0600 (systemd reads them; the service gets copies) ---
+if [[ -n "$CREDS_IN" ]]; then
+  for f in "${BUNDLE_CREDENTIALS[@]}"; do
+    if [[ -f "$CREDS_IN/$f" ]] && install_file "$CREDS_IN/$f" "$R$CRED_DIR/$f" 600 0:0; then
+      changed "$CRED_DIR/$f (from the bundle, 0600 root)"
+      restart_needed=1
+    fi
+  done
+  if [[ -f "$CREDS_IN/mqtt-ca.pem" ]] && install_file "$CREDS_IN/mqtt-ca.pem" "$R$MQTT_CA" 644 0:0; then
+    changed "$MQTT_CA (the broker's CA, from the bundle)"
+    restart_needed=1
+  fi
+fi
 
 # --- models: the manifest and the files it lists ---
 ensure_dir "$R$MODELS" 755 0:0 && changed "$MODELS"
@@ -365,6 +403,11 @@ cat >"$tmp/wrapper" <<EOF
 # gallery key and the state folder (theirs, 0600/0700) can be used and nothing is left owned by root.
 export TILLFACE_MODELS="\${TILLFACE_MODELS:-$MODELS}"
 if [ "\$(id -u)" = 0 ]; then
+  # The broker password is root's (the service gets it as a credential): root hands it to this one
+  # command (tillface doctor, monitor) in the environment, as TILLFACE_MQTT_PASSWORD.
+  if [ -z "\${TILLFACE_MQTT_PASSWORD:-}" ] && [ -f $CRED_DIR/mqtt.password ]; then
+    TILLFACE_MQTT_PASSWORD="\$(cat $CRED_DIR/mqtt.password)" && export TILLFACE_MQTT_PASSWORD
+  fi
   exec runuser -u $SERVICE_USER -- $VENV/bin/tillface "\$@"
 fi
 exec $VENV/bin/tillface "\$@"
@@ -397,6 +440,78 @@ else
   fi
 fi
 install_file "$tmp/tillface.toml" "$default_copy" 644 0:0 || true
+# The bundle's settings (till.toml: [unit] store_id, till_id; [mqtt] host, port, root, username, tls,
+# ca_file) replace those keys in the config, commented-out defaults included; nothing else changes.
+if [[ -n "$CREDS_IN" ]]; then
+  "$PYTHON" - "$R$CONFIG" "$CREDS_IN/till.toml" "$tmp/with-bundle.toml" >"$tmp/merge.txt" 2>&1 <<'PY' ||
+import re
+import sys
+import tomllib
+
+config, bundle, out = sys.argv[1:4]
+allowed = {
+    "unit": ("store_id", "till_id"),
+    "mqtt": ("host", "port", "root", "username", "tls", "ca_file"),
+}
+required = {"unit": ("store_id", "till_id"), "mqtt": ("host", "port", "username")}
+try:
+    with open(bundle, "rb") as f:
+        settings = tomllib.load(f)
+except (OSError, tomllib.TOMLDecodeError) as exc:
+    sys.exit(f"{bundle}: {exc}")
+for section, keys in required.items():
+    for key in keys:
+        if key not in settings.get(section, {}):
+            sys.exit(f"{bundle}: [{section}] {key} is missing")
+for section, values in settings.items():
+    for key in values if isinstance(values, dict) else [None]:
+        if section not in allowed or key not in allowed[section]:
+            sys.exit(f"{bundle}: unexpected key [{section}] {key}")
+
+
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and re.fullmatch(r"[^\"\\\x00-\x1f]*", value):
+        return f'"{value}"'
+    sys.exit(f"{bundle}: {value!r} is not a plain string, number or boolean")
+
+
+lines = open(config, encoding="utf-8").read().splitlines()
+for section, values in settings.items():
+    if f"[{section}]" not in lines:
+        lines += ["", f"[{section}]"]
+    start = lines.index(f"[{section}]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    for key, value in values.items():
+        line = f"{key} = {toml_value(value)}"
+        pattern = re.compile(rf"^(# ?)?{re.escape(key)} *=")
+        found = [i for i in range(start + 1, end) if pattern.match(lines[i])]
+        live = [i for i in found if not lines[i].startswith("#")]
+        if live or found:
+            lines[(live or found)[0]] = line
+        else:
+            while end > start + 1 and not lines[end - 1].strip():
+                end -= 1
+            lines.insert(end, line)
+            end += 1
+text = "\n".join(lines) + "\n"
+merged = tomllib.loads(text)
+for section, values in settings.items():
+    for key, value in values.items():
+        assert merged[section][key] == value, (section, key)
+open(out, "w", encoding="utf-8").write(text)
+PY
+    die "--credentials: $(cat "$tmp/merge.txt") (make the bundle again: tillface store-admin provision-till)"
+  if install_file "$tmp/with-bundle.toml" "$R$CONFIG" 644 0:0; then
+    changed "$CONFIG: store and till id, broker host, port and account from the bundle"
+    restart_needed=1
+  else
+    ok "$CONFIG has the bundle's settings"
+  fi
+fi
 "$R$VENV/bin/tillface" check-config "$R$CONFIG" >"$tmp/check.txt" 2>&1 ||
   die "$CONFIG is not valid: $(cat "$tmp/check.txt")"
 ok "$CONFIG is valid"
@@ -427,22 +542,38 @@ if install_file "$REPO/systemd/tillface.service" "$R$UNIT" 644 0:0; then
   unit_changed=1
   restart_needed=1
 fi
-# The broker password, when the installer put one in the credentials folder, reaches the service as
-# the credential `mqtt.password` (a drop-in: systemd refuses to start a unit whose credential file is
-# missing, so the shipped unit cannot name it).
-MQTT_DROPIN=$R$UNIT.d/mqtt-password.conf
-if [[ -f "$R$CRED_DIR/mqtt.password" ]]; then
-  chmod 600 "$R$CRED_DIR/mqtt.password"
-  chown "$IDS" "$R$CRED_DIR/mqtt.password"
-  printf '[Service]\nLoadCredential=mqtt.password:%s/mqtt.password\n' "$CRED_DIR" >"$tmp/mqtt-password.conf"
-  if install_file "$tmp/mqtt-password.conf" "$MQTT_DROPIN" 644 0:0; then
-    changed "$MQTT_DROPIN (broker password as a credential)"
+# The bundle's files in the credentials folder (the broker password may also be put there by hand)
+# reach the service as credentials of the same names, through a drop-in: systemd refuses to start a
+# unit whose credential file is missing, so the shipped unit cannot name them. root:root 0600: only
+# systemd reads them, and the service gets its own copies under $CREDENTIALS_DIRECTORY.
+if [[ -f "$R$UNIT.d/mqtt-password.conf" ]]; then  # the drop-in's name before credentials.conf
+  rm -f "$R$UNIT.d/mqtt-password.conf"
+  changed "$UNIT.d/mqtt-password.conf removed (now $CRED_DROPIN)"
+  unit_changed=1
+fi
+cred_lines=()
+cred_names=()
+for f in "${BUNDLE_CREDENTIALS[@]}"; do
+  [[ -f "$R$CRED_DIR/$f" ]] || continue
+  if [[ "$(stat -c '%a %u:%g' "$R$CRED_DIR/$f")" != "600 0:0" ]]; then
+    chmod 600 "$R$CRED_DIR/$f"
+    chown 0:0 "$R$CRED_DIR/$f"
+    changed "$CRED_DIR/$f: mode 0600, owner root"
+  fi
+  cred_lines+=("LoadCredential=$f:$CRED_DIR/$f")
+  cred_names+=("$f")
+done
+if ((${#cred_lines[@]})); then
+  printf '%s\n' "# Written by scripts/install.sh: the credentials in $CRED_DIR." "[Service]" "${cred_lines[@]}" \
+    >"$tmp/credentials.conf"
+  if install_file "$tmp/credentials.conf" "$R$CRED_DROPIN" 644 0:0; then
+    changed "$CRED_DROPIN (credentials: ${cred_names[*]})"
     unit_changed=1
     restart_needed=1
   fi
-elif [[ -f "$MQTT_DROPIN" ]]; then
-  rm -f "$MQTT_DROPIN"
-  changed "$MQTT_DROPIN removed (no $CRED_DIR/mqtt.password)"
+elif [[ -f "$R$CRED_DROPIN" ]]; then
+  rm -f "$R$CRED_DROPIN"
+  changed "$CRED_DROPIN removed (no credentials in $CRED_DIR)"
   unit_changed=1
   restart_needed=1
 fi

@@ -82,3 +82,12 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
     assert running_with(str(folder)) == []
     for log in ("till.log", "store.log"):
         assert "Traceback" not in (folder / log).read_text(), log
+
+    # On the closed broker we ship: no anonymous client; the unit and the store server (and the demo's
+    # watcher, with the store's account) connected with their provisioned accounts.
+    conf = (folder / "broker" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "acl_file" in conf and "allow_anonymous true" not in conf
+    broker_log = (folder / "broker" / "mosquitto.log").read_text()
+    assert "as tillface-demo-till-1 (p5, c0, k30, u'till-demo-till-1')" in broker_log, broker_log
+    assert "as tillface-store-demo (p5, c0, k30, u'store-demo')" in broker_log, broker_log
+    assert "not authorised" not in broker_log

@@ -42,8 +42,12 @@ def snapshot_checkout(dest: Path) -> Path:
     return dest
 
 
+def env_without_tillface() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TILLFACE_")}
+
+
 def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLFACE_")}
+    env = env_without_tillface()
     script = root.parent / "checkout" / "scripts" / "install.sh"
     out = subprocess.run(
         ["bash", str(script), "--root", str(root), *args],
@@ -247,20 +251,106 @@ def test_an_edited_config_is_kept_and_a_new_default_goes_beside_it(installed):
 
 def test_a_broker_password_reaches_the_service_as_a_credential(installed):
     root, _first, _second, _before = installed
-    uid, _gid = ids(root)
     password = root / "etc/tillface/credentials/mqtt.password"
-    dropin = root / "etc/systemd/system/tillface.service.d/mqtt-password.conf"
+    dropin = root / "etc/systemd/system/tillface.service.d/credentials.conf"
     assert not dropin.exists()
     password.write_text("till-secret\n")
     out = install(root)
-    assert "mqtt-password.conf (broker password as a credential)" in out.stdout
+    assert "credentials.conf (credentials: mqtt.password)" in out.stdout
     assert "LoadCredential=mqtt.password:/etc/tillface/credentials/mqtt.password" in dropin.read_text()
-    st = password.stat()
-    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == uid
+    assert "till-secret" not in out.stdout + out.stderr
+    assert mode_owner(password) == (0o600, 0, 0), "systemd reads it as root; the service gets a copy"
     assert "nothing changed" in install(root).stdout
     password.unlink()
     out = install(root)
-    assert not dropin.exists() and "mqtt-password.conf removed" in out.stdout
+    assert not dropin.exists() and "credentials.conf removed" in out.stdout
+
+
+def test_a_tills_credentials_bundle_is_installed(installed):
+    root, _first, _second, _before = installed
+    from tillface.security import layout
+    from tillface.security.provisioning import Provisioner
+
+    work = root.parent
+    ca = work / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nnot checked here\n-----END CERTIFICATE-----\n")
+    bundle = work / "bundle-t7"
+    Provisioner(work / "store-keys", "s9").provision_till(
+        "t7", bundle, broker_host="store.local", broker_port=8883, tls=True, ca_file=ca
+    )
+    bundle.chmod(0o755)  # the installer runs as root; a copied bundle may have any mode
+    config = root / "etc/tillface/tillface.toml"
+    before = config.read_text()
+    out = install(root, "--credentials", str(bundle))
+    creds = root / "etc/tillface/credentials"
+    names = (
+        layout.MQTT_PASSWORD,
+        layout.TILL_SIGNING_KEY,
+        layout.STORE_SIGNING_PUB,
+        layout.STORE_GALLERY_KEY,
+    )
+    for name in names:
+        assert mode_owner(creds / name) == (0o600, 0, 0), name
+        assert (creds / name).read_bytes() == (bundle / name).read_bytes(), name
+    assert (bundle / layout.MQTT_PASSWORD).read_text() not in out.stdout + out.stderr
+    assert mode_owner(root / "etc/tillface/mqtt-ca.pem") == (0o644, 0, 0)
+    dropin = (root / "etc/systemd/system/tillface.service.d/credentials.conf").read_text()
+    for name in names:
+        assert f"LoadCredential={name}:/etc/tillface/credentials/{name}" in dropin, name
+    # The settings went into the config; every other line is as it was.
+    parsed = tomllib.loads(config.read_text())
+    assert parsed["unit"]["store_id"] == "s9" and parsed["unit"]["till_id"] == "t7"
+    assert {k: parsed["mqtt"][k] for k in ("host", "port", "username", "tls", "ca_file")} == {
+        "host": "store.local",
+        "port": 8883,
+        "username": layout.broker_account("s9", "t7"),
+        "tls": True,
+        "ca_file": "/etc/tillface/mqtt-ca.pem",
+    }
+    changed = [
+        (a, b) for a, b in zip(before.splitlines(), config.read_text().splitlines(), strict=True) if a != b
+    ]
+    assert len(changed) == 7 and all(
+        b.split(" = ")[0] in ("store_id", "till_id", "host", "port", "username", "tls", "ca_file")
+        for _a, b in changed
+    ), changed
+    assert parsed["gallery"]["key_file"] == "/etc/tillface/credentials/gallery.key"
+    again = install(root, "--credentials", str(bundle))
+    assert "nothing changed" in again.stdout, again.stdout
+
+    # Run by root, the command (doctor, monitor) gets the root-only broker password in its environment.
+    stub = work / "stub-tillface"
+    stub.write_text('#!/bin/sh\nprintf "%s" "$TILLFACE_MQTT_PASSWORD"\n')
+    stub.chmod(0o755)
+    wrapper = (root / "usr/local/bin/tillface").read_text()
+    assert "runuser -u tillface -- /opt/tillface/.venv/bin/tillface" in wrapper
+    probe = work / "wrapper-probe"
+    probe.write_text(
+        wrapper.replace("/etc/tillface/credentials", str(creds)).replace(
+            "runuser -u tillface -- /opt/tillface/.venv/bin/tillface", str(stub)
+        )
+    )
+    handed = subprocess.run(
+        ["sh", str(probe), "doctor"], capture_output=True, text=True, env=env_without_tillface()
+    )
+    assert handed.stdout == (bundle / layout.MQTT_PASSWORD).read_text(), handed
+
+    # Not a bundle: refused before anything is installed, saying how to make one.
+    env = env_without_tillface()
+    empty = work / "not-a-bundle"
+    empty.mkdir()
+    bad = subprocess.run(
+        ["bash", str(work / "checkout/scripts/install.sh"), "--root", str(root), "--credentials", str(empty)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode != 0 and "has no till.toml" in bad.stderr and "provision-till" in bad.stderr
+    # Back to no credentials for the tests after this one.
+    for name in names:
+        (creds / name).unlink()
+    config.write_text(before)
+    install(root)
 
 
 def test_uninstall_keeps_the_gallery_and_purge_removes_everything(installed):

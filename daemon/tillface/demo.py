@@ -1,11 +1,14 @@
 """`tillface demo`: the whole system on one machine, no camera and no root (the README's first command).
 
 It starts, each in its own process and talking MQTT and HTTP as in a store: a local mosquitto (a free
-port, in the demo's folder; never the system service), the reference store server (`tillface store`,
-SQLite in the demo's folder) and one unit (`tillface run`) on a replay camera, whose customer display
-(the `escpos` driver) is a pseudo-terminal: the demo decodes its bytes as a 2×20 VFD would and prints
-the screen, boxed, whenever it changes. The replay is rendered from scikit-image's public-domain
-astronaut portrait: one customer visiting three times.
+port, in the demo's folder; never the system service) running the closed store configuration we ship
+(config/mosquitto/tillface-store.conf: no anonymous clients, an account per till and one for the store
+server, each confined by an ACL; the demo provisions both as `tillface store-admin` would), the
+reference store server (`tillface store`, SQLite in the demo's folder) and one unit (`tillface run`,
+with its credentials bundle) on a replay camera, whose customer display (the `escpos` driver) is a
+pseudo-terminal: the demo decodes its bytes as a 2×20 VFD would and prints the screen, boxed, whenever
+it changes. The replay is rendered from scikit-image's public-domain astronaut portrait: one customer
+visiting three times.
 
 1. A stranger: the unit decides `visitor` and the display shows her a visitor code.
 2. She agrees to join. The demo, as the cashier, finds the code with `GET /visitors` and calls
@@ -69,11 +72,12 @@ class Message:
 class Watch:
     """An MQTT subscriber on the store's topics: what the unit and the store said, in order."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, login: tuple[str, str]) -> None:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="tillface-demo-watch")
+        self.client.username_pw_set(*login)  # the store server's account: it reads the whole store
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port, 30)
@@ -236,7 +240,7 @@ def render_replay(out: Path, fps: int) -> int:
     return len(list(out.glob("*.jpg")))
 
 
-def unit_config(folder: Path, broker_port: int, display_port: Path, fps: int) -> Path:
+def unit_config(folder: Path, broker_port: int, display_port: Path, fps: int, username: str) -> Path:
     path = folder / "till.toml"
     path.write_text(
         f"""# The demo unit's config, written by `tillface demo` (every other key has its default; see
@@ -261,6 +265,8 @@ reopen_backoff_s = [0.2, 1.0]
 [mqtt]
 host = "127.0.0.1"
 port = {broker_port}
+# The till's own broker account; its password is the credential mqtt.password of its bundle.
+username = "{username}"
 health_interval_s = 1.0
 reconnect_backoff_s = [0.2, 1.0]
 """,
@@ -287,10 +293,16 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
-    def start(self, name: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, args: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as f:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tillface", *args], stdin=subprocess.DEVNULL, stdout=f, stderr=f
+                [sys.executable, "-m", "tillface", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=f,
+                stderr=f,
+                env={**os.environ, **env} if env else None,
             )
         self.procs.append((name, proc, log))
         return proc
@@ -335,6 +347,8 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
     from .display.emulator import PtyDisplay, VfdEmulator
     from .link.broker import Mosquitto, free_port
     from .recognition.gallery import create_key_file
+    from .security.layout import store_account
+    from .security.provisioning import Provisioner
 
     folder = folder.resolve()
     say = Narrator(out)
@@ -359,14 +373,30 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
     with _terminate_as_interrupt():
         try:
             prepare_folder(folder)
-            broker = Mosquitto(folder / "broker").start()
+            # The closed broker: the store server's account and the till's, as the operator's
+            # `tillface store-admin provision-store` and `provision-till --till till-1` make them.
+            keys = folder / "store-keys"
+            provisioner = Provisioner(keys, STORE)
+            provisioner.provision_store("TILLFACE_STORE_MQTT_PASSWORD")
+            store_login = (store_account(STORE), provisioner.store_password())
+            bundle = folder / "till-credentials"
+            till_account = provisioner.provision_till(
+                TILL, bundle, broker_host="127.0.0.1", broker_port=1883, tls=False
+            ).account
+            broker = Mosquitto(folder / "broker", keys_dir=keys).start()
             http_port = free_port()
             base = f"http://127.0.0.1:{http_port}"
             store_db = folder / "store.db"
+            store_toml = folder / "store.toml"
+            store_toml.write_text(
+                f'[keys]\ndir = "{keys}"\n\n[mqtt]\nusername = "{store_login[0]}"\n', encoding="utf-8"
+            )
             procs.start(
                 "store server",
                 [
                     "store",
+                    "--config",
+                    str(store_toml),
                     "--store-id",
                     STORE,
                     "--database-url",
@@ -377,15 +407,25 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
                     str(http_port),
                 ],
                 folder / "store.log",
+                env={"TILLFACE_STORE_MQTT_PASSWORD": store_login[1]},
             )
             emulator = VfdEmulator()
             pty = PtyDisplay(folder / "ttyVFD", emulator)
             unit_state = folder / "unit"
             create_key_file(unit_state / "gallery.key")
-            config = unit_config(folder, broker.port, pty.path, fps)
-            unit = procs.start("unit", ["run", "--config", str(config)], folder / "till.log")
+            config = unit_config(folder, broker.port, pty.path, fps, till_account)
+            # The till's bundle (broker password, signing key, store keys) as its systemd credentials.
+            unit = procs.start(
+                "unit",
+                ["run", "--config", str(config)],
+                folder / "till.log",
+                env={"CREDENTIALS_DIRECTORY": str(bundle)},
+            )
             say.plain(f"tillface demo: the whole system on this machine; state and logs in {folder}")
-            say.plain(f"  broker        mosquitto on 127.0.0.1:{broker.port} (its own, in {broker.folder})")
+            say.plain(
+                f"  broker        mosquitto on 127.0.0.1:{broker.port} (its own, in {broker.folder}),"
+                f" closed: accounts {store_login[0]} and {till_account}"
+            )
             say.plain(f"  store server  {base} (tillface store, SQLite {store_db})")
             say.plain(f"  unit          {STORE}/{TILL} (tillface run --config {config})")
             say.plain(f"  display       ESC/POS 2x20 on {os.readlink(pty.path)}, printed below as it changes")
@@ -399,7 +439,7 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
 
             printer = ScreenPrinter(read_screen, say)
             printer.start()
-            watch = Watch(broker.port)
+            watch = Watch(broker.port, store_login)
             until("the store server answers HTTP", lambda: _answers(base), 60)
             until(
                 "the unit is online and caught up with the store gallery",

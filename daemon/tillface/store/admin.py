@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from .provision import register as register_provisioning
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds each admin command (API keys, till provisioning) to `tillface store-admin`."""
+    register_provisioning(sub)
