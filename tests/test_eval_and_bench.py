@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+from tillface.vision import budget
+
 
 def small_set(faces_dir, out):
     """ORL (20 people × 10) plus 60 single-photo LFW people (the non-mated probes)."""
@@ -90,3 +92,21 @@ def test_bench_reports_its_figures(tmp_path):
     assert top[0] == f"  runtime {r['runtime']} on {r['machine']}"
     assert top[1].startswith("  XNNPACK: blazeface-short 164 of 164 nodes in 1 partition; ")
     assert top[2].startswith("  CPU features ") and " ".join(r["cpu_features"]) in top[2]
+    # Next to the measured figures: what each board should give, from the one table (vision.budget).
+    assert set(r["expected"]) == {b.id for b in budget.BOARDS}
+    for b in budget.BOARDS:
+        e = r["expected"][b.id]
+        want = budget.budget(b, r["models"]["detector"], r["models"]["embedder"], r["threads"])
+        assert e["threads"] == r["threads"] == 2
+        assert e["detect_ms"] == [round(v, 2) for v in want.detect_ms]
+        assert e["embed_ms"] == [round(v, 2) for v in want.embed_ms]
+        assert 0 < e["detect_ms"][0] < e["detect_ms"][1] < e["embed_ms"][0] < e["embed_ms"][1]
+    lines = run.stdout.splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("  expected on a board")))
+    for b, line in zip(budget.BOARDS, lines[at + 1 : at + 1 + len(budget.BOARDS)], strict=True):
+        assert line.split()[: len(b.name.split())] == b.name.split(), line
+        want = budget.budget(b, r["models"]["detector"], r["models"]["embedder"], 2)
+        assert (
+            f"2 thr: detect {budget.fmt_range(want.detect_ms)} ms, embed {budget.fmt_range(want.embed_ms)} ms"
+            in line
+        )

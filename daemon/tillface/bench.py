@@ -19,6 +19,7 @@ import numpy as np
 from .demo_data import astronaut_photo
 from .imageio import read_rgb
 from .recognition.matcher import Matcher
+from .vision import budget
 from .vision.pipeline import FacePipeline, face_size
 from .vision.runtime import describe_use, runtime_facts
 
@@ -164,6 +165,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         **runtime_facts(pipeline.runtime_reports()),
     }
     result.update(bench_pipeline(pipeline, frames, options.frames))
+    result["expected"] = expected_on_boards(result["models"], options.threads)
     result.update(bench_search(options.gallery_sizes, options.searches))
     # Peak RSS of the unit's own work (pipeline + largest gallery), before dlib is loaded.
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -171,6 +173,25 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         result.update(bench_dlib([frames[i % len(frames)] for i in range(options.dlib_frames)]))
         result["speedup_vs_dlib"] = round(result["dlib_pipeline_ms_p50"] / result["pipeline_ms_p50"], 1)
     return result
+
+
+def expected_on_boards(models: dict[str, str], threads: int) -> dict[str, Any]:
+    """The budget's expected invoke times (vision.budget) for these models on each board, at `threads` and at
+    the board's own thread count: what a technician compares the measured figures with."""
+    out: dict[str, Any] = {}
+    for b in budget.BOARDS:
+        here = budget.budget(b, models["detector"], models["embedder"], threads)
+        own = budget.budget(b, models["detector"], models["embedder"])
+        out[b.id] = {
+            "board": b.name,
+            "threads": here.threads,
+            "detect_ms": [round(v, 2) for v in here.detect_ms],
+            "embed_ms": [round(v, 2) for v in here.embed_ms],
+            "own_threads": own.threads,
+            "own_detect_ms": [round(v, 2) for v in own.detect_ms],
+            "own_embed_ms": [round(v, 2) for v in own.embed_ms],
+        }
+    return out
 
 
 def format_runtime(r: dict[str, Any]) -> list[str]:
@@ -202,6 +223,11 @@ def format_bench(r: dict[str, Any]) -> str:
         f"  pipeline  p50 {r['pipeline_ms_p50']:.2f} ms  p95 {r['pipeline_ms_p95']:.2f} ms"
         f"  (detect p50 {r['detect_ms_p50']:.2f}, align+embed p50 {r['embed_ms_p50']} ms)",
     ]
+    if "expected" in r:
+        lines += budget.bench_lines(r["models"]["detector"], r["models"]["embedder"], r["threads"])
+        lines.append(
+            "    (model invokes only: the align+embed figure above also holds the alignment warp, a few ms)"
+        )
     for key in sorted(k for k in r if k.startswith("search_ms_p50_")):
         size = key.rsplit("_", 1)[1]
         lines.append(

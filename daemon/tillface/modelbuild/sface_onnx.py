@@ -434,9 +434,25 @@ def parse_file(path: str | Path) -> SFaceNet:
     return parse_model(onnx.load(str(path)))
 
 
-def build_model(net: SFaceNet) -> nn.Module:
+PRELU_FORMS = ("max", "add", "sum")
+
+
+def build_model(net: SFaceNet, prelu_form: str = "max") -> nn.Module:
     """The folded network as an `nn.Sequential`: NCHW float32 (N, 3, 112, 112) raw RGB 0..255 in,
-    (N, 128) raw feature out."""
+    (N, 128) raw feature out.
+
+    A net in max form (every slope a <= 1) writes each PReLU as `prelu_form`:
+
+    * "max": max(y, a*y), which TFLite gets as MUL + MAXIMUM. XNNPACK has no int8 MAXIMUM, so each one
+      runs on the builtin kernels and splits the int8 graph (29 delegated pieces for 27 PReLUs);
+    * "add": y + relu((a - 1)*y), the same function for a <= 1 (y < 0: y + (a - 1)*y = a*y; y >= 0:
+      (a - 1)*y <= 0, so y + 0). TFLite gets MUL (+ RELU) + ADD, which XNNPACK runs in int8, so the
+      whole graph stays in the delegate. For a slope near 0 a negative y comes out as the difference of two
+      large int8 values, which loses precision;
+    * "sum": a*y + relu((1 - a)*y), also the same function for a <= 1 (y < 0: a*y + 0; y >= 0:
+      a*y + (1 - a)*y), as MUL, MUL (+ RELU) and ADD, all in XNNPACK, and without that cancellation:
+      for y >= 0 both terms are >= 0 and for y < 0 the second is 0.
+    """
     import torch
     from torch import nn
 
@@ -453,8 +469,31 @@ def build_model(net: SFaceNet) -> nn.Module:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.maximum(x, x * self.slope)
 
+    class AddSlope(nn.Module):
+        """y + relu((a - 1)*y) per channel: PReLU for slopes a <= 1, without a MAXIMUM."""
+
+        def __init__(self, slope: np.ndarray) -> None:
+            super().__init__()
+            self.register_buffer("slope_minus_one", f32(slope - 1.0).reshape(1, -1, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.relu(x * self.slope_minus_one)
+
+    class SumSlope(nn.Module):
+        """a*y + relu((1 - a)*y) per channel: PReLU for slopes a <= 1, without a MAXIMUM or a cancellation."""
+
+        def __init__(self, slope: np.ndarray) -> None:
+            super().__init__()
+            self.register_buffer("slope", f32(slope).reshape(1, -1, 1, 1))
+            self.register_buffer("one_minus_slope", f32(1.0 - slope).reshape(1, -1, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.slope + torch.relu(x * self.one_minus_slope)
+
     if net.activation not in ("prelu", "max"):
         raise ValueError(f"unknown activation {net.activation!r}")
+    if prelu_form not in PRELU_FORMS:
+        raise ValueError(f"unknown PReLU form {prelu_form!r} (one of {PRELU_FORMS})")
     layers: list[nn.Module] = []
     py, px = net.input_pad
     if py or px:
@@ -466,7 +505,7 @@ def build_model(net: SFaceNet) -> nn.Module:
         if net.activation == "max":
             if np.any(c.prelu > 1.0):
                 raise ValueError(f"{c.name}: slope > 1 cannot be written as max(y, a*y); use max_form()")
-            act = MaxSlope(c.prelu)
+            act = {"max": MaxSlope, "add": AddSlope, "sum": SumSlope}[prelu_form](c.prelu)
         else:
             act = nn.PReLU(out_c)
             with torch.no_grad():
