@@ -228,15 +228,19 @@ echo "tillface: installing into $ROOT from $REPO"
 
 # The Python: the distribution's own when new enough (apt's python3-systemd and python3-picamera2
 # then work in the venv), else python3.11 (Ubuntu 22.04 ships 3.10).
+# TILLFACE_DISTRO_PYTHON names the distribution's python3 when it is not /usr/bin/python3 (the tests
+# use it to play a JetPack 6 / Ubuntu 22.04 machine, whose python3 is 3.10).
+DISTRO_PYTHON="${TILLFACE_DISTRO_PYTHON:-/usr/bin/python3}"
 system_python=0
 if [[ -z "$PYTHON" ]]; then
-  if /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-    PYTHON=/usr/bin/python3
+  if "$DISTRO_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    PYTHON=$DISTRO_PYTHON
   else
     PYTHON=/usr/bin/python3.11
+    note "$DISTRO_PYTHON is older than 3.11 (Ubuntu 22.04 / JetPack 6): the venv uses $PYTHON"
   fi
 fi
-[[ "$(readlink -f "$PYTHON")" == "$(readlink -f /usr/bin/python3 2>/dev/null)" ]] && system_python=1
+[[ "$(readlink -f "$PYTHON")" == "$(readlink -f "$DISTRO_PYTHON" 2>/dev/null)" ]] && system_python=1
 
 # A Raspberry Pi: picamera2 comes from Raspberry Pi OS's apt package, never from pip.
 picamera2=0
@@ -268,11 +272,11 @@ elif ((DO_APT)); then
   changed "apt packages installed: ${missing[*]}"
   restart_needed=1
 else
-  note "apt packages not installed here (--root or --no-apt): ${missing[*]}"
+  note "apt packages not installed here (--root or --no-apt): ${missing[*]} (of ${apt_wanted[*]})"
 fi
 
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
-  die "$PYTHON is missing or older than 3.11 (give --python)"
+  die "$PYTHON is missing or older than 3.11: install python3.11, python3.11-venv and python3.11-dev (apt; on Ubuntu 22.04 they are in universe) or give --python PATH"
 py_version="$("$PYTHON" -c 'import platform; print(platform.python_version())')"
 
 # --- the service user ---

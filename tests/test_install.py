@@ -46,8 +46,10 @@ def env_without_tillface() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TILLFACE_")}
 
 
-def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = env_without_tillface()
+def install(
+    root: Path, *args: str, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**env_without_tillface(), **(env_extra or {})}
     script = root.parent / "checkout" / "scripts" / "install.sh"
     out = subprocess.run(
         ["bash", str(script), "--root", str(root), *args],
@@ -351,6 +353,40 @@ def test_a_tills_credentials_bundle_is_installed(installed):
         (creds / name).unlink()
     config.write_text(before)
     install(root)
+
+
+def test_a_jetson_whose_python3_is_3_10_gets_a_python_3_11_venv(tmp_path_factory):
+    """JetPack 6 is Ubuntu 22.04, whose python3 is 3.10: the installer takes python3.11 (and its venv and
+    dev packages from apt), builds systemd-python from the lock for it, and says so. The distribution's
+    python3 is played by a stub that answers the installer's version probe as a 3.10 does; the 3.11 is
+    this machine's real /usr/bin/python3.11."""
+    work = Path(tempfile.mkdtemp(prefix="tillface-install-jetson-", dir="/tmp"))
+    work.chmod(0o755)
+    try:
+        snapshot_checkout(work / "checkout")
+        distro = work / "ubuntu-22.04-python3"
+        distro.write_text("#!/bin/sh\n# sys.version_info < (3, 11) is true on 3.10: exit 1\nexit 1\n")
+        distro.chmod(0o755)
+        root = work / "root"
+        root.mkdir(mode=0o755)
+        out = install(root, env_extra={"TILLFACE_DISTRO_PYTHON": str(distro)})
+        assert (
+            f"{distro} is older than 3.11" in out.stdout and "the venv uses /usr/bin/python3.11" in out.stdout
+        )
+        wanted = next(line for line in out.stdout.splitlines() if "apt packages" in line)
+        for package in ("python3.11", "python3.11-venv", "python3.11-dev", "libsystemd-dev"):
+            assert package in wanted.replace("(", " ").replace(")", " ").split(), wanted
+        assert "python3-systemd" not in wanted, "apt's bindings are for the distribution's 3.10"
+        venv_python = root / "opt/tillface/.venv/bin/python"
+        probe = subprocess.run(
+            [str(venv_python), "-c", "import sys, systemd.journal; print(sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+        )
+        assert probe.returncode == 0 and probe.stdout.strip() == "(3, 11)", probe.stderr
+        assert "include-system-site-packages = false" in (root / "opt/tillface/.venv/pyvenv.cfg").read_text()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_uninstall_keeps_the_gallery_and_purge_removes_everything(installed):
