@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from . import keys_admin
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds each admin command (API keys, till provisioning) to `tillface store-admin`."""
+    keys_admin.register(sub)  # key-create, key-list, key-revoke
