@@ -434,9 +434,14 @@ def serve(config: StoreConfig) -> int:
             "(tillface store-admin key-create --role ROLE --name NAME --config store.toml)"
         )
     app = create_app(server, manage=True)
-    tls = {}
-    if config.http.cert_file is not None and config.http.key_file is not None:
-        tls = {"ssl_certfile": str(config.http.cert_file), "ssl_keyfile": str(config.http.key_file)}
+    h = config.http
     # On SIGTERM uvicorn shuts the app down (stopping the MQTT side) and then re-raises the signal.
-    uvicorn.run(app, host=config.http.host, port=config.http.port, log_level="info", **tls)
+    uvicorn.run(
+        app,
+        host=h.host,
+        port=h.port,
+        log_level="info",
+        ssl_certfile=str(h.cert_file) if h.cert_file else None,
+        ssl_keyfile=str(h.key_file) if h.key_file else None,
+    )
     return 0

@@ -86,7 +86,7 @@ def row(
 
 def record(session: Session, actor: Actor, action: str, **fields: Any) -> None:
     """One audit row in the session's transaction (committed with it)."""
-    session.connection().execute(insert(AuditEntry.__table__).values(row(actor, action, **fields)))
+    session.connection().execute(insert(AuditEntry).values(row(actor, action, **fields)))
 
 
 def record_now(sessions: sessionmaker[Session], actor: Actor, action: str, **fields: Any) -> None:
@@ -124,7 +124,7 @@ def on_flush(session: Session, _context: Any) -> None:
             undone = _ACTION.get() == ENROL
             rows.append(row(actor, ENROL_UNDONE if undone else ERASE, obj.id))
     if rows:
-        session.connection().execute(insert(AuditEntry.__table__), rows)
+        session.connection().execute(insert(AuditEntry), rows)
 
 
 def entries(
