@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from mosquitto import free_port
 from mqtt_peer import Peer
@@ -162,6 +164,10 @@ def run_story(tmp_path: Path, broker, photo: Path, database_url: str) -> None:
             ("erase", "store manager", "manager", None),
         ], trail
         assert not [e for e in c.boss.get("/audit").json() if "Ada" in str(e) or "7911" in str(e)]
+        for statement in ("UPDATE audit SET points = 0", "DELETE FROM audit"):  # append-only, here too
+            with server.sessions() as s, pytest.raises(DBAPIError, match="append-only"):
+                s.execute(text(statement))
+                s.commit()
 
         # Her next visit at till B: a visitor again.
         tills["tb"].stop()
