@@ -228,6 +228,13 @@ def test_enrol_receipt_display_erase_with_a_fake_till(server, till):
     assert r.status_code == 409 and "phone" in r.json()["detail"]
     with server.sessions() as s:
         assert s.query(Member).count() == 1  # the refused enrolment left no member behind
+    # ... and the audit says so: each attempt an enrol by the desk's key, the refused one undone.
+    trail = [(e["action"], e["key_name"]) for e in reversed(c.boss.get("/audit").json()) if e["member_id"]]
+    assert trail == [
+        ("enrol", "front desk"),
+        ("enrol-undone", "front desk"),
+        ("enrol", "front desk"),
+    ], trail
 
     # A receipt for the enrolment visit accrues 1 point per whole unit.
     items = [
