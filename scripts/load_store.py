@@ -47,7 +47,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tillface.demo import http
+from tillface.demo import demo_keys, http
 from tillface.events import utc_now
 from tillface.link.broker import Mosquitto, free_port
 from tillface.link.schemas import (
@@ -152,8 +152,11 @@ class SimTill:
         self.client.loop_stop()
 
 
-def seed(base: str, tills: list[SimTill], per_till: int, receipts: int, rng: random.Random) -> list[str]:
-    """Members enrolled through the store's API, each answered by its till; optional receipts."""
+def seed(
+    base: str, keys: dict[str, str], tills: list[SimTill], per_till: int, receipts: int, rng: random.Random
+) -> list[str]:
+    """Members enrolled through the store's API (a cashier's key), each answered by its till; optional
+    receipts (a till-pos key)."""
     codes: dict[str, tuple[SimTill, str]] = {}
     for t in tills:
         for _ in range(per_till):
@@ -171,14 +174,18 @@ def seed(base: str, tills: list[SimTill], per_till: int, receipts: int, rng: ran
             )
             t.publish("visitor", visitor).wait_for_publish(5)
     deadline = time.monotonic() + 30
-    while len({v["visitor_code"] for v in http(base, "GET", "/visitors")[1]} & set(codes)) < len(codes):
+
+    def listed() -> set[str]:
+        return {v["visitor_code"] for v in http(base, "GET", "/visitors", key=keys["cashier"])[1]}
+
+    while len(listed() & set(codes)) < len(codes):
         if time.monotonic() > deadline:
             raise RuntimeError("the store did not list every seeded visitor code")
         time.sleep(0.1)
 
     def enrol(n: int, code: str, till: str) -> str:
         body = {"phone": f"+44 7911 1{n:05d}", "name": f"Member {n:04d}", "visitor_code": code, "till": till}
-        status, member = http(base, "POST", "/members", {**body, "consent": CONSENT})
+        status, member = http(base, "POST", "/members", {**body, "consent": CONSENT}, key=keys["cashier"])
         if status != 201:
             raise RuntimeError(f"POST /members answered {status}: {member}")
         return str(member["id"])
@@ -190,9 +197,8 @@ def seed(base: str, tills: list[SimTill], per_till: int, receipts: int, rng: ran
         picked = rng.sample(ITEMS, rng.randrange(1, 4))
         items = [{"sku": s, "name": name, "qty": 1, "price": price} for s, name, price in picked]
         total = f"{sum(float(p) for _, _, p in picked):.2f}"
-        status, answer = http(
-            base, "POST", "/receipts", {"member_id": rng.choice(members), "items": items, "total": total}
-        )
+        receipt = {"member_id": rng.choice(members), "items": items, "total": total}
+        status, answer = http(base, "POST", "/receipts", receipt, key=keys["till-pos"])
         if status != 201:
             raise RuntimeError(f"POST /receipts answered {status}: {answer}")
     return members
@@ -224,12 +230,18 @@ def run(args: argparse.Namespace) -> int:
     http_port = free_port()
     base = f"http://127.0.0.1:{http_port}"
     log = open(work / "store.log", "wb")  # noqa: SIM115
+    keys = demo_keys(f"sqlite:///{db}")
+    # The seeding posts its receipts as fast as it can with one key: allow them all in one minute.
+    config = work / "store.toml"
+    config.write_text(f"[http]\nreceipts_per_minute = {max(60, args.receipts + 1)}\n", encoding="utf-8")
     store = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "tillface",
             "store",
+            "--config",
+            str(config),
             "--store-id",
             STORE,
             "--database-url",
@@ -247,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if http(base, "GET", "/tills")[0] == 200:
+                if http(base, "GET", "/tills", key=keys["manager"])[0] == 200:
                     break
             except OSError:
                 pass
@@ -260,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
             f"against one store server (tillface store, SQLite {db}); mosquitto on 127.0.0.1:{broker.port}"
         )
         started = time.monotonic()
-        members = seed(base, tills, args.members_per_till, args.receipts, rng)
+        members = seed(base, keys, tills, args.members_per_till, args.receipts, rng)
         print(
             f"seeded {len(members)} members through POST /members (each answered by its till's "
             f"event/enrolled) and {args.receipts} receipts in {time.monotonic() - started:.1f} s"

@@ -3,7 +3,9 @@ faces-dev photo rendered at test time), a real mosquitto, the store server and i
 
 A visitor at till A is enrolled with consent through `POST /members`; a receipt accrues points; at
 till B she is recognised and the store answers with `cmd/display` (name and points) within 200 ms;
-`DELETE /members` erases her everywhere, and her next visit at till B is a visitor's.
+`DELETE /members` erases her everywhere (and, on SQLite, her phone and name from the database's files),
+and her next visit at till B is a visitor's. Each step uses a key of the role that does it in a store
+(cashier, till-pos, manager), and the audit names them.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from mosquitto import free_port
 from mqtt_peer import Peer
 from replay_fixtures import lfw_identities
+from store_clients import Clients
 from till_process import Till, decisions, health_members, render
 from tillface.link.schemas import DisplayCommand
 from tillface.recognition.gallery import create_key_file
-from tillface.store.api import create_app
 from tillface.store.config import load_store_config
 from tillface.store.db import schema_drift
 from tillface.store.service import StoreServer
@@ -50,7 +53,21 @@ def store_config(tmp_path: Path, port: int, database_url: str):
     )
 
 
+def database_bytes(db: Path) -> bytes:
+    """Every file of an SQLite database (the database, -wal, -shm), as they are on disk."""
+    files = sorted(db.parent.glob(db.name + "*"))
+    assert db in files
+    return b"".join(f.read_bytes() for f in files)
+
+
+def audited(c: Clients, member_id: str) -> list[dict]:
+    r = c.boss.get("/audit", params={"member_id": member_id})
+    assert r.status_code == 200, r.text
+    return list(reversed(r.json()))  # oldest first
+
+
 def run_story(tmp_path: Path, broker, photo: Path, database_url: str) -> None:
+    sqlite_file = Path(database_url.removeprefix("sqlite:///")) if database_url.startswith("sqlite") else None
     key = tmp_path / "store.key"
     create_key_file(key)
     tills = {t: Till(tmp_path, t, broker.port, key) for t in ("ta", "tb")}
@@ -61,7 +78,7 @@ def run_story(tmp_path: Path, broker, photo: Path, database_url: str) -> None:
     }
     server = StoreServer(store_config(tmp_path, broker.port, database_url))
     server.start()
-    http = TestClient(create_app(server))
+    c = Clients(server)
     peer = Peer(broker.port, [f"tillface/{STORE}/#"], client_id="observer")
     try:
         for t in tills.values():
@@ -74,12 +91,12 @@ def run_story(tmp_path: Path, broker, photo: Path, database_url: str) -> None:
         peer.wait_for(lambda ms: decisions(peer, "ta"), timeout=60)
         assert decisions(peer, "ta")[0]["event"] == "visitor"
         deadline = time.monotonic() + 5
-        while not (open_codes := [v for v in http.get("/visitors").json() if v["till"] == "ta"]):
+        while not (open_codes := [v for v in c.desk.get("/visitors").json() if v["till"] == "ta"]):
             assert time.monotonic() < deadline, "the store never listed the visitor"
             time.sleep(0.05)
         code = open_codes[0]
         assert code["visitor_code"] == decisions(peer, "ta")[0]["visitor_code"]
-        r = http.post(
+        r = c.desk.post(
             "/members",
             json={
                 "phone": "+44 7911 123456",
@@ -98,7 +115,7 @@ def run_story(tmp_path: Path, broker, photo: Path, database_url: str) -> None:
             {"sku": "C1", "name": "Espresso beans", "qty": 1, "price": "12.99"},
             {"sku": "M1", "name": "Oat milk", "qty": 2, "price": "1.80"},
         ]
-        r = http.post(
+        r = c.pos.post(
             "/receipts", json={"visit_id": code["visit_id"], "till": "ta", "items": items, "total": "16.59"}
         )
         assert r.status_code == 201 and r.json()["points_total"] == 16, r.text
@@ -118,18 +135,39 @@ def run_story(tmp_path: Path, broker, photo: Path, database_url: str) -> None:
             display.name == "Ada Lovelace" and display.points == 16 and display.visit_id == match["visit_id"]
         )
         assert display.last_purchase and "Espresso beans" in display.last_purchase
-        r = http.post(
+        r = c.pos.post(
             "/receipts",
             json={"visit_id": match["visit_id"], "till": "tb", "items": items[:1], "total": "12.99"},
         )
         assert r.status_code == 201 and r.json()["points_awarded"] == 12 and r.json()["points_total"] == 28
-        assert http.get(f"/members/{member['id']}").json()["points"] == 28
+        assert c.desk.get(f"/members/{member['id']}").json()["points"] == 28
 
         # Erase: both online tills acknowledge before DELETE returns.
-        r = http.delete(f"/members/{member['id']}")
+        personal = [b"+447911123456", b"Ada Lovelace"]
+        if sqlite_file is not None:
+            held = database_bytes(sqlite_file)
+            assert all(p in held for p in personal), "the test looks for the wrong bytes"
+        r = c.boss.delete(f"/members/{member['id']}")
         assert r.status_code == 200, r.text
         assert r.json()["acknowledged"] == ["ta", "tb"] and r.json()["queued"] == []
-        assert http.get(f"/members/{member['id']}").status_code == 404
+        assert c.desk.get(f"/members/{member['id']}").status_code == 404
+        if sqlite_file is not None:  # secure_delete + WAL checkpoint: gone from the files themselves
+            held = database_bytes(sqlite_file)
+            assert not [p for p in personal if p in held], "personal data left in the SQLite files"
+
+        # The audit: who enrolled her, awarded her points and erased her; never her phone or name.
+        trail = [(e["action"], e["key_name"], e["role"], e["points"]) for e in audited(c, member["id"])]
+        assert trail == [
+            ("enrol", "front desk", "cashier", None),
+            ("points", "till 1 POS", "till-pos", 16),
+            ("points", "till 1 POS", "till-pos", 12),
+            ("erase", "store manager", "manager", None),
+        ], trail
+        assert not [e for e in c.boss.get("/audit").json() if "Ada" in str(e) or "7911" in str(e)]
+        for statement in ("UPDATE audit SET points = 0", "DELETE FROM audit"):  # append-only, here too
+            with server.sessions() as s, pytest.raises(DBAPIError, match="append-only"):
+                s.execute(text(statement))
+                s.commit()
 
         # Her next visit at till B: a visitor again.
         tills["tb"].stop()

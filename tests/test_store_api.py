@@ -5,6 +5,7 @@ match gets `cmd/display` at once, and an erase waits for the online tills."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from mosquitto import free_port
 from mqtt_peer import Peer
+from store_clients import Clients, bearer
 from tillface.events import utc_now
 from tillface.link.gallery_sync import MemberState
 from tillface.link.schemas import (
@@ -31,7 +32,6 @@ from tillface.link.schemas import (
     MatchEvent,
     VisitorEvent,
 )
-from tillface.store.api import create_app
 from tillface.store.config import load_store_config
 from tillface.store.db import Member, Receipt, ReceiptItem, open_database, schema_drift, suggestions
 from tillface.store.service import StoreServer
@@ -102,59 +102,59 @@ def wait_until(predicate, timeout: float = 5.0) -> None:
 def test_bad_input_is_a_clear_4xx(server, till):
     send_event(till, visitor("t1", "KQX-42", "v1"), "visitor")
     send_event(till, visitor("t1", "OLD-11", "v0", valid_s=-5), "visitor")
-    http = TestClient(create_app(server))
-    wait_until(lambda: len(http.get("/visitors").json()) == 1)
+    c = Clients(server)
+    wait_until(lambda: len(c.desk.get("/visitors").json()) == 1)
     member = {"phone": "020 7946 0018", "name": "Ada", "visitor_code": "KQX-42", "till": "t1"}
 
-    r = http.post("/members", json={**member, "phone": "12ab", "consent": CONSENT})
+    r = c.desk.post("/members", json={**member, "phone": "12ab", "consent": CONSENT})
     assert r.status_code == 422 and "phone" in r.json()["detail"]
-    r = http.post("/members", json={**member, "phone": "+44 20 7946 001", "consent": CONSENT})
+    r = c.desk.post("/members", json={**member, "phone": "+44 20 7946 001", "consent": CONSENT})
     assert r.status_code == 422 and "not a valid number" in r.json()["detail"]
-    r = http.post("/members", json=member)  # no consent
+    r = c.desk.post("/members", json=member)  # no consent
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "consent"]
-    r = http.post("/members", json={**member, "consent": {"text_version": "", "channel": "x"}})
+    r = c.desk.post("/members", json={**member, "consent": {"text_version": "", "channel": "x"}})
     assert r.status_code == 422
-    r = http.post("/members", json={**member, "visitor_code": "ZZZ-99", "consent": CONSENT})
+    r = c.desk.post("/members", json={**member, "visitor_code": "ZZZ-99", "consent": CONSENT})
     assert r.status_code == 404 and "ZZZ-99" in r.json()["detail"]
-    r = http.post("/members", json={**member, "till": "t9", "consent": CONSENT})
+    r = c.desk.post("/members", json={**member, "till": "t9", "consent": CONSENT})
     assert r.status_code == 404 and "t9" in r.json()["detail"]
-    r = http.post("/members", json={**member, "visitor_code": "OLD-11", "consent": CONSENT})
+    r = c.desk.post("/members", json={**member, "visitor_code": "OLD-11", "consent": CONSENT})
     assert r.status_code == 410 and "expired" in r.json()["detail"]
-    r = http.post("/members", json={**member, "visitor_code": "kqx42", "consent": CONSENT})
+    r = c.desk.post("/members", json={**member, "visitor_code": "kqx42", "consent": CONSENT})
     assert r.status_code == 422
     till.send(f"tillface/{STORE}/t3/status", b"offline", retain=True)
     send_event(till, visitor("t3", "OFF-33", "v3"), "visitor")
-    wait_until(lambda: server.tills.get("t3") is not None and len(http.get("/visitors").json()) == 2)
-    r = http.post("/members", json={**member, "till": "t3", "visitor_code": "OFF-33", "consent": CONSENT})
+    wait_until(lambda: server.tills.get("t3") is not None and len(c.desk.get("/visitors").json()) == 2)
+    r = c.desk.post("/members", json={**member, "till": "t3", "visitor_code": "OFF-33", "consent": CONSENT})
     assert r.status_code == 409 and "offline" in r.json()["detail"]
 
     item = {"sku": "A1", "name": "Coffee", "qty": 1, "price": "2.50"}
-    r = http.post("/receipts", json={"items": [item], "total": "2.50"})
+    r = c.pos.post("/receipts", json={"items": [item], "total": "2.50"})
     assert r.status_code == 422 and "visit_id or member_id" in json.dumps(r.json())
-    r = http.post("/receipts", json={"visit_id": "nope", "items": [item], "total": "2.50"})
+    r = c.pos.post("/receipts", json={"visit_id": "nope", "items": [item], "total": "2.50"})
     assert r.status_code == 404
-    r = http.post("/receipts", json={"member_id": "m-x", "items": [item], "total": "2.50"})
+    r = c.pos.post("/receipts", json={"member_id": "m-x", "items": [item], "total": "2.50"})
     assert r.status_code == 404
-    r = http.post("/receipts", json={"member_id": "m-x", "items": [], "total": "2.50"})
+    r = c.pos.post("/receipts", json={"member_id": "m-x", "items": [], "total": "2.50"})
     assert r.status_code == 422
-    r = http.post("/receipts", json={"member_id": "m-x", "items": [item], "total": "-1"})
+    r = c.pos.post("/receipts", json={"member_id": "m-x", "items": [item], "total": "-1"})
     assert r.status_code == 422
-    assert http.delete("/members/m-x").status_code == 404
-    assert http.get("/members/m-x").status_code == 404
+    assert c.boss.delete("/members/m-x").status_code == 404
+    assert c.desk.get("/members/m-x").status_code == 404
     assert not [m for m in till.messages if "/cmd/" in m.topic]  # nothing was sent to the till
 
 
 def test_enrol_receipt_display_erase_with_a_fake_till(server, till):
-    http = TestClient(create_app(server))
+    c = Clients(server)
     till.send(f"tillface/{STORE}/t1/status", b"online", retain=True)
     till.send(f"tillface/{STORE}/t2/status", b"offline", retain=True)
     event = visitor("t1", "KQX-42", "v1")
     for _ in range(3):  # QoS 1 re-delivery / outbox resend: one visit
         send_event(till, event, "visitor")
     send_event(till, visitor("t1", "BRT-07", "v2"), "visitor")
-    wait_until(lambda: len(http.get("/visitors").json()) == 2)
-    assert {v["visitor_code"] for v in http.get("/visitors").json()} == {"KQX-42", "BRT-07"}
-    assert http.get("/visitors", params={"till": "t2"}).json() == []
+    wait_until(lambda: len(c.desk.get("/visitors").json()) == 2)
+    assert {v["visitor_code"] for v in c.desk.get("/visitors").json()} == {"KQX-42", "BRT-07"}
+    assert c.desk.get("/visitors", params={"till": "t2"}).json() == []
 
     # The till refuses one enrolment (its reason comes back as a 409) and accepts the other.
     def answer() -> None:
@@ -185,7 +185,7 @@ def test_enrol_receipt_display_erase_with_a_fake_till(server, till):
 
     answering = threading.Thread(target=answer)
     answering.start()
-    r = http.post(
+    r = c.desk.post(
         "/members",
         json={
             "phone": "+44 7911 123456",
@@ -196,7 +196,7 @@ def test_enrol_receipt_display_erase_with_a_fake_till(server, till):
         },
     )
     assert r.status_code == 409 and "BRT-07" in r.json()["detail"]["reason"]
-    r = http.post(
+    r = c.desk.post(
         "/members",
         json={
             "phone": "020 7946 0018",
@@ -214,8 +214,8 @@ def test_enrol_receipt_display_erase_with_a_fake_till(server, till):
         member["consents"][0]["text_version"] == "2026-01"
         and member["consents"][0]["channel"] == "till-screen"
     )
-    assert {v["visitor_code"] for v in http.get("/visitors").json()} == {"BRT-07"}  # KQX-42 is taken now
-    r = http.post(
+    assert {v["visitor_code"] for v in c.desk.get("/visitors").json()} == {"BRT-07"}  # KQX-42 is taken now
+    r = c.desk.post(
         "/members",
         json={
             "phone": "+442079460018",
@@ -228,18 +228,25 @@ def test_enrol_receipt_display_erase_with_a_fake_till(server, till):
     assert r.status_code == 409 and "phone" in r.json()["detail"]
     with server.sessions() as s:
         assert s.query(Member).count() == 1  # the refused enrolment left no member behind
+    # ... and the audit says so: each attempt an enrol by the desk's key, the refused one undone.
+    trail = [(e["action"], e["key_name"]) for e in reversed(c.boss.get("/audit").json()) if e["member_id"]]
+    assert trail == [
+        ("enrol", "front desk"),
+        ("enrol-undone", "front desk"),
+        ("enrol", "front desk"),
+    ], trail
 
     # A receipt for the enrolment visit accrues 1 point per whole unit.
     items = [
         {"sku": "C1", "name": "Espresso beans", "qty": 1, "price": "12.99"},
         {"sku": "M1", "name": "Oat milk", "qty": 2, "price": "1.80"},
     ]
-    r = http.post("/receipts", json={"visit_id": "v1", "till": "t1", "items": items, "total": "16.59"})
+    r = c.pos.post("/receipts", json={"visit_id": "v1", "till": "t1", "items": items, "total": "16.59"})
     assert r.status_code == 201, r.text
     assert r.json()["member_id"] == member["id"] and r.json()["points_awarded"] == 16
     other = [{"sku": "C1", "name": "Espresso beans", "qty": 1, "price": "12.99"}]
     other.append({"sku": "F1", "name": "Croissant", "qty": 1, "price": "2.20"})
-    r = http.post("/receipts", json={"visit_id": "v2", "items": other, "total": "15.19"})
+    r = c.pos.post("/receipts", json={"visit_id": "v2", "items": other, "total": "15.19"})
     assert r.status_code == 201 and r.json()["member_id"] is None and r.json()["points_awarded"] == 0
 
     # She comes back: a match gets her name, points, last purchase and suggestions within 200 ms.
@@ -277,15 +284,15 @@ def test_enrol_receipt_display_erase_with_a_fake_till(server, till):
 
     acking = threading.Thread(target=ack)
     acking.start()
-    r = http.delete(f"/members/{member['id']}")
+    r = c.boss.delete(f"/members/{member['id']}")
     acking.join()
     assert r.status_code == 200, r.text
     assert r.json()["acknowledged"] == ["t1"] and r.json()["queued"] == ["t2"]
-    assert http.get(f"/members/{member['id']}").status_code == 404
+    assert c.desk.get(f"/members/{member['id']}").status_code == 404
     with server.sessions() as s:
         assert s.query(Member).count() == 0
         assert all(rc.member_id is None for rc in s.query(Receipt))  # receipts kept, unlinked
-    assert http.get("/openapi.json").json()["paths"].keys() >= {"/visitors", "/members", "/receipts"}
+    assert c.anonymous.get("/openapi.json").json()["paths"].keys() >= {"/visitors", "/members", "/receipts"}
 
 
 def test_old_event_ids_are_pruned(server):
@@ -355,6 +362,16 @@ def test_tillface_store_command_serves_the_api(tmp_path, broker):
         f'[store]\nid = "{STORE}"\ndatabase_url = "sqlite:///{tmp_path / "cli.db"}"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
     )
+    admin = [sys.executable, "-m", "tillface", "store-admin"]
+    made = subprocess.run(
+        [*admin, "key-create", "--role", "cashier", "--name", "front desk", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    fields = dict(line.split(":", 1) for line in made.stdout.splitlines())
+    key_id, key = fields["id"].strip(), fields["key"].strip()
+    assert key.startswith(f"tfk_{key_id}_") and "shown only this once" in made.stderr
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tillface", "store", "--config", str(config), "--http-port", str(port)],
@@ -371,7 +388,21 @@ def test_tillface_store_command_serves_the_api(tmp_path, broker):
                 assert proc.poll() is None and time.monotonic() < deadline, "tillface store did not serve"
                 time.sleep(0.1)
         assert r.status_code == 200 and "/members" in r.json()["paths"]
-        assert httpx.get(f"http://127.0.0.1:{port}/visitors").json() == []
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/visitors").status_code == 401
+        assert httpx.get(f"{base}/visitors", headers=bearer(key)).json() == []
+        listed = subprocess.run([*admin, "key-list", "--config", str(config)], capture_output=True, text=True)
+        row = next(line for line in listed.stdout.splitlines() if line.startswith(key_id)).split()
+        # id, name, role, created (date time), last used (date time: just now), revoked (-); never the key
+        assert row[:4] == [key_id, "front", "desk", "cashier"] and len(row) == 9 and row[-1] == "-", row
+        assert key.split("_")[2] not in listed.stdout
+        revoked = subprocess.run([*admin, "key-revoke", key_id, "--config", str(config)], capture_output=True)
+        assert revoked.returncode == 0
+        r = httpx.get(f"{base}/visitors", headers=bearer(key))  # refused from the next request on
+        assert r.status_code == 401 and "revoked" in r.json()["detail"]
+        listed = subprocess.run([*admin, "key-list", "--config", str(config)], capture_output=True, text=True)
+        row = next(line for line in listed.stdout.splitlines() if line.startswith(key_id)).split()
+        assert len(row) == 10 and re.fullmatch(r"\d{4}-\d\d-\d\d", row[-2]), row  # revoked, with its time
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
@@ -403,7 +434,7 @@ def test_migrations_build_the_models_and_are_idempotent(tmp_path):
     open_database(url)  # a restart: already at head
     assert schema_drift(url) == []
     with create_engine(url).connect() as connection:
-        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0002"
+        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0003"
 
 
 def test_migration_0002_counts_the_receipts_already_there(tmp_path):

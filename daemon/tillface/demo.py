@@ -18,6 +18,10 @@ visiting three times.
 3. She comes back: the unit decides `match`, the store answers `cmd/display` with her name and points.
 4. Her receipt (`POST /receipts`) earns points; on her third visit the display shows the new total.
 
+Every HTTP call carries an API key of the role that makes it in a store (cashier: visitors and
+enrolment; till-pos: the receipt; manager: the store's readiness via `GET /tills`), created in the store
+database before the store server starts (`demo_keys`, the code behind `tillface store-admin key-create`).
+
 The demo only watches (an MQTT subscriber and the display's pty) and plays the cashier. When the replay
 ends the unit stops by itself; the demo then stops the store server and the broker and exits 0 if the
 story happened, 1 if not (saying which step failed; the logs are in the demo's folder).
@@ -275,16 +279,31 @@ reconnect_backoff_s = [0.2, 1.0]
     return path
 
 
-def http(base: str, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def http(
+    base: str, method: str, path: str, body: dict[str, Any] | None = None, key: str | None = None
+) -> tuple[int, Any]:
+    """One call of the store API (`key`: an API key, sent as a Bearer token); (status, JSON body)."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        base + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
+
+
+def demo_keys(database_url: str) -> dict[str, str]:
+    """An API key per role in the store database (before the store server starts): {role: key}."""
+    from .store.auth import ROLES, create_key
+    from .store.db import open_database
+
+    sessions = open_database(database_url)
+    keys = {role: create_key(sessions, role, f"demo {role}")[1] for role in ROLES}
+    sessions.kw["bind"].dispose()
+    return keys
 
 
 class Processes:
@@ -391,6 +410,7 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
             store_toml.write_text(
                 f'[keys]\ndir = "{keys}"\n\n[mqtt]\nusername = "{store_login[0]}"\n', encoding="utf-8"
             )
+            api_keys = demo_keys(f"sqlite:///{store_db}")
             procs.start(
                 "store server",
                 [
@@ -440,7 +460,7 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
             printer = ScreenPrinter(read_screen, say)
             printer.start()
             watch = Watch(broker.port, store_login)
-            until("the store server answers HTTP", lambda: _answers(base), 60)
+            until("the store server answers HTTP", lambda: _answers(base, api_keys["manager"]), 60)
             until(
                 "the unit is online and caught up with the store gallery",
                 lambda: [m for m in watch.on(f"/{TILL}/health") if m.payload.get("link") == "online"],
@@ -461,7 +481,11 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
             # 2. The cashier enrols her with consent.
             listed = until(
                 f"GET /visitors lists {code}",
-                lambda: [v for v in http(base, "GET", "/visitors")[1] if v["visitor_code"] == code],
+                lambda: [
+                    v
+                    for v in http(base, "GET", "/visitors", key=api_keys["cashier"])[1]
+                    if v["visitor_code"] == code
+                ],
                 10,
             )[0]
             say.say(f"cashier: GET /visitors lists {code} at {listed['till']}; she agrees to join")
@@ -470,7 +494,7 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
                 f"consent {CONSENT['text_version']} via {CONSENT['channel']})"
             )
             joining = {**CUSTOMER, "visitor_code": code, "till": TILL, "consent": CONSENT}
-            status, member = http(base, "POST", "/members", joining)
+            status, member = http(base, "POST", "/members", joining, key=api_keys["cashier"])
             if status != 201:
                 raise StoryError(f"POST /members answered {status}: {member}")
             member_id = member["id"]
@@ -549,6 +573,7 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
                 "POST",
                 "/receipts",
                 {"visit_id": visit_id, "till": TILL, "items": ITEMS, "total": TOTAL},
+                key=api_keys["till-pos"],
             )
             if status != 201:
                 raise StoryError(f"POST /receipts answered {status}: {receipt}")
@@ -603,8 +628,8 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
     return 0 if ok else 1
 
 
-def _answers(base: str) -> bool:
+def _answers(base: str, key: str) -> bool:
     try:
-        return http(base, "GET", "/tills")[0] == 200
+        return http(base, "GET", "/tills", key=key)[0] == 200
     except OSError:
         return False

@@ -9,7 +9,9 @@
 - HTTP API (FastAPI, `/openapi.json`): `GET /visitors`, `POST /members` (consent + `cmd/enroll`, waits
   for `event/enrolled`), `GET /members/{id}`, `POST /receipts` (points: `store.points_per_unit` per whole
   currency unit, rounded down), `DELETE /members/{id}` (retained tombstone, waits for the online tills'
-  `event/erased`), `GET /tills`.
+  `event/erased`), `GET /tills`, `GET /audit`. Every call needs an API key of a role the endpoint allows
+  (`auth.py`; `tillface store-admin key-create`, `keys_admin.py`); enrolments, erasures and points are
+  audited in the same transaction (`audit.py`).
 
 Settings: `config.py` (a TOML file and/or flags).
 """

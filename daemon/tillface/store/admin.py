@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from . import keys_admin
 from .provision import register as register_provisioning
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds each admin command (API keys, till provisioning) to `tillface store-admin`."""
-    register_provisioning(sub)
+    keys_admin.register(sub)  # key-create, key-list, key-revoke
+    register_provisioning(sub)  # provision-store, provision-till, revoke-till

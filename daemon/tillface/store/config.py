@@ -6,6 +6,7 @@ id = "s1"
 database_url = "sqlite:///store.db"   # or postgresql+psycopg://user@host/db
 points_per_unit = 1.0                 # points per whole currency unit of a receipt's total
 phone_region = "GB"                   # region for phone numbers written without +country ("" = E.164 only)
+max_points_per_receipt = 10000        # a receipt that would award more is refused (422), nothing written
 
 [mqtt]
 host = "127.0.0.1"
@@ -14,9 +15,17 @@ root = "tillface"
 tls = false                            # ca_file, cert_file, key_file; username, password_env
 
 [http]
-host = "127.0.0.1"
+host = "127.0.0.1"                    # not loopback: needs cert_file + key_file and an API key, or no start
 port = 8080
+# cert_file = "/etc/tillface/store-https.crt"   # TLS (PEM certificate chain); both or neither
+# key_file = "/etc/tillface/store-https.key"    # its private key (0600, the store server's user)
+allowed_hosts = ["localhost", "127.0.0.1", "[::1]"]  # Host headers answered (DNS-rebinding defence);
+                                      # the bind address, if an address, is added
+receipts_per_minute = 60              # per API key; more get 429 with Retry-After
 ```
+
+The HTTP API needs an API key on every call (`tillface store-admin key-create`; README, "Store API
+access"). Keys live hashed in the database, never in this file.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ class StoreSection(_Section):
     enroll_timeout_s: float = Field(default=10.0, gt=0)
     erase_timeout_s: float = Field(default=10.0, gt=0)
     visitors_window_s: float = Field(default=600.0, gt=0)
+    max_points_per_receipt: int = Field(default=10_000, ge=0)
 
 
 class MqttSection(_Section):
@@ -58,9 +68,16 @@ class MqttSection(_Section):
     keepalive_s: int = Field(default=30, ge=5)
 
 
+LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+
+
 class HttpSection(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(LOOPBACK_HOSTS), min_length=1)
+    receipts_per_minute: int = Field(default=60, ge=1)
 
 
 class KeysSection(_Section):

@@ -1,9 +1,15 @@
-"""The store server's database (SQLAlchemy 2): members, consents, visits, receipts, points.
+"""The store server's database (SQLAlchemy 2): members, consents, visits, receipts, points, the API keys
+(hashed) and the append-only audit.
 
 SQLite by default; any SQLAlchemy URL works the same way (PostgreSQL: `postgresql+psycopg://...`).
 The schema is kept by Alembic (`tillface/store/migrations`): `open_database` upgrades the database to
 the newest revision at start-up. A change to the models below needs a new revision, made with
 `make_revision("what changed")` against a database at head (autogenerate, then review it).
+
+Erasure leaves no personal data in SQLite's files: every connection runs `PRAGMA secure_delete=ON`
+(deleted rows and freed pages are overwritten with zeros), and a commit that deleted a member is followed
+by `PRAGMA wal_checkpoint(TRUNCATE)`, so that the old pages are gone from the -wal file too
+(`scrub_after_erase`). PostgreSQL keeps dead rows until VACUUM: see README, "Store API access".
 """
 
 from __future__ import annotations
@@ -132,6 +138,37 @@ class ItemPair(Base):
     baskets: Mapped[int] = mapped_column(Integer)
 
 
+class ApiKey(Base):
+    """An API key of the store's HTTP API (`tillface.store.auth`): only the SHA-256 of the key is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # the key's public id (in the key)
+    name: Mapped[str] = mapped_column(String(80))
+    role: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """Append-only (the migration adds triggers that refuse UPDATE and DELETE): who did what, when.
+    Never biometrics, never a phone number or a name (`tillface.store.audit`)."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    key_name: Mapped[str] = mapped_column(String(80))
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    member_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    points: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(String(200))
+
+
 class SeenEvent(Base):
     """Every event_id processed once: QoS 1 re-delivery and outbox resends are dropped here."""
 
@@ -154,7 +191,43 @@ def open_database(url: str) -> sessionmaker[Session]:
     migrate(engine)
     factory = sessionmaker(engine, expire_on_commit=False)
     event.listen(factory, "after_flush", _count_new_baskets)
+    from . import audit
+
+    event.listen(factory, "after_flush", audit.on_flush)
+    if engine.dialect.name == "sqlite":
+        event.listen(factory, "after_flush", _note_erasure)
+        event.listen(factory, "after_commit", _scrub_if_erased)
     return factory
+
+
+def _note_erasure(session: Session, _context: Any) -> None:
+    if any(isinstance(obj, Member) for obj in session.deleted):
+        session.info["erased"] = True
+
+
+def _scrub_if_erased(session: Session) -> None:
+    if session.info.pop("erased", False):
+        bind = session.get_bind()
+        scrub_after_erase(bind if isinstance(bind, Engine) else bind.engine)
+
+
+def scrub_after_erase(engine: Engine, attempts: int = 20) -> bool:
+    """SQLite: copy the WAL into the database file and truncate it to 0 bytes, so that the pages that
+    held an erased member (zeroed in the database by secure_delete) leave the -wal file too. A reader
+    mid-transaction makes the checkpoint busy; retried for about a second. True once done."""
+    import logging
+    import time
+
+    for _ in range(attempts):
+        with engine.connect() as connection:
+            busy, _log, _done = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        if not busy:
+            return True
+        time.sleep(0.05)
+    logging.getLogger("tillface.store").warning(
+        "erase: the SQLite WAL checkpoint stayed busy; the erased rows leave the -wal file at the next one"
+    )
+    return False
 
 
 def _count_new_baskets(session: Session, _context: Any) -> None:
@@ -240,6 +313,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA secure_delete=ON")  # erased rows are overwritten, not just unlinked
         if ":memory:" not in str(engine.url):
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.close()

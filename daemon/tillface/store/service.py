@@ -479,6 +479,12 @@ class StoreServer:
                 if member is None:
                     raise StoreError(404, f"member_id: {member_id} is not a member")
             points = math.floor(total_cents / 100 * self.config.store.points_per_unit) if member else 0
+            limit = self.config.store.max_points_per_receipt
+            if points > limit:
+                detail = (
+                    f"total: {points} points is over store.max_points_per_receipt ({limit}); nothing recorded"
+                )
+                raise StoreError(422, detail)
             receipt = Receipt(
                 visit_pk=visit.id if visit else None,
                 member_id=member.id if member else None,
