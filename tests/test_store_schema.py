@@ -10,6 +10,7 @@ from pathlib import Path
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from signing_keys import StoreKeys
 from tillface.store.api import create_app
 from tillface.store.config import load_store_config
 from tillface.store.service import StoreServer
@@ -19,7 +20,11 @@ EXAMPLES = int(os.environ.get("TILLFACE_FUZZ_EXAMPLES", "40"))
 DERANDOMIZE = "TILLFACE_FUZZ_EXAMPLES" not in os.environ
 # Loaded at collection time (schemathesis parametrizes from the schema); the folder goes with the process.
 _FOLDER = tempfile.TemporaryDirectory(prefix="tillface-store-schema-")
-_CONFIG = load_store_config(None, {"store": {"database_url": f"sqlite:///{Path(_FOLDER.name) / 'store.db'}"}})
+_KEYS = StoreKeys(Path(_FOLDER.name) / "store-keys")
+_CONFIG = load_store_config(
+    None,
+    {"store": {"database_url": f"sqlite:///{Path(_FOLDER.name) / 'store.db'}"}, "keys": {"dir": _KEYS.dir}},
+)
 # Not connected to a broker: no till answers, and nothing the generated requests reach waits on MQTT.
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(StoreServer(_CONFIG)))
 

@@ -207,6 +207,21 @@ def prepare_folder(folder: Path) -> None:
     (folder / MARKER).write_text("made by `tillface demo`; wiped by its next run\n", encoding="utf-8")
 
 
+def demo_keys(folder: Path) -> Path:
+    """The store server's signing pair and the unit's (registered with the store), as
+    `tillface store-admin provision-till` lays them out; returns the store config naming the keys."""
+    from .security import layout
+    from .security.signing import generate_keypair
+
+    keys, unit_state = folder / "store-keys", folder / "unit"
+    generate_keypair(keys / layout.STORE_SIGNING_KEY, keys / "store-signing.pub")
+    generate_keypair(unit_state / layout.TILL_SIGNING_KEY, layout.till_public_key(keys, TILL))
+    shutil.copy(keys / "store-signing.pub", unit_state / layout.STORE_SIGNING_PUB)
+    store_toml = folder / "store.toml"
+    store_toml.write_text(f'[keys]\ndir = "{keys}"\n', encoding="utf-8")
+    return store_toml
+
+
 def render_replay(out: Path, fps: int) -> int:
     """The customer's three visits (the second a little darker, as if another day), from
     the bundled portrait framed like a passport photo; returns the number of frames."""
@@ -359,6 +374,7 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
     with _terminate_as_interrupt():
         try:
             prepare_folder(folder)
+            store_toml = demo_keys(folder)
             broker = Mosquitto(folder / "broker").start()
             http_port = free_port()
             base = f"http://127.0.0.1:{http_port}"
@@ -367,6 +383,8 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
                 "store server",
                 [
                     "store",
+                    "--config",
+                    str(store_toml),
                     "--store-id",
                     STORE,
                     "--database-url",

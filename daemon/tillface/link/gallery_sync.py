@@ -10,6 +10,10 @@ so nothing depends on a message that was in flight when the link dropped.
 
 Each state carries the member's revision (a hybrid logical clock in ms, see GalleryStore): the newest
 revision wins, re-delivery is a no-op, and a tombstone stops an older copy from resurrecting a member.
+
+Every state is signed (security/signing.py): a tombstone counts only when the store server signed it,
+templates only when their `origin` till signed them with the key the store-signed roster
+(`<root>/<store>/gallery/tills`) lists for it. Nothing else is applied.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field, StringConstraints
 
 from ..recognition.gallery import GalleryStore
-from .schemas import Id, Payload, Timestamp
+from .schemas import KEY_ID_DOC, SIG_DOC, Id, KeyId, Payload, Sig, Timestamp
 
 NONCE_SIZE = 12
 
@@ -47,6 +51,9 @@ class MemberState(Payload):
     ts: Timestamp
     erased: bool
     templates: EncryptedTemplates | None = None
+    # Signed end to end: a tombstone by the store server, templates by their `origin` till.
+    key_id: KeyId | None = Field(default=None, description=KEY_ID_DOC)
+    sig: Sig | None = Field(default=None, description=SIG_DOC)
 
 
 class SyncError(ValueError):
@@ -55,6 +62,10 @@ class SyncError(ValueError):
 
 def member_topic(root: str, store: str, member_id: str) -> str:
     return f"{root}/{store}/gallery/members/{member_id}"
+
+
+def roster_topic(root: str, store: str) -> str:
+    return f"{root}/{store}/gallery/tills"
 
 
 def _aad(store: str, member_id: str, revision: int, embedder: str) -> bytes:
