@@ -9,6 +9,7 @@ reason (an `event/error` for commands) and changes nothing; the genuine flow sti
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -331,5 +332,70 @@ def test_forged_replayed_and_misaddressed_messages_are_refused_and_change_nothin
     finally:
         till.stop()
         attacker.close()
+        server.stop()
+    assert "Traceback" not in till.log()
+
+
+def test_a_store_signed_erase_wins_at_a_till_whose_clock_is_an_hour_ahead(tmp_path, broker, monkeypatch):
+    """Issue 14 item 4: the member's revision at the till (its clock, an hour ahead) is newer than the
+    store's tombstone; the erase still applies, and the till never publishes the member again."""
+    keys = StoreKeys(tmp_path / "store-keys")
+    gallery_key = tmp_path / "store-gallery.key"
+    create_key_file(gallery_key)
+    till = Till(tmp_path, "ta", broker.port, gallery_key, keys)
+    ahead = tmp_path / "clock-ahead"
+    ahead.mkdir()
+    (ahead / "sitecustomize.py").write_text(
+        "import time\n_real = time.time\ntime.time = lambda: _real() + 3600.0  # this till's clock\n"
+    )
+    config = load_config(till.cfg)
+    gallery = GalleryStore(config.gallery.file, read_key_file(gallery_key), embedder=config.vision.embedder)
+    gallery.load()
+    with monkeypatch.context() as m:  # enrolled there, an hour "later" than the store's clock
+        real = time.time
+        m.setattr(time, "time", lambda: real() + 3600.0)
+        gallery.upsert(MEMBER, np.random.default_rng(1).standard_normal((1, gallery.dim)), "enroll")
+    ahead_revision, _ = gallery.revision_of(MEMBER)
+    server = StoreServer(
+        load_store_config(
+            None,
+            {
+                "store": {
+                    "id": STORE,
+                    "database_url": f"sqlite:///{tmp_path / 'store.db'}",
+                    "erase_timeout_s": 3,
+                },
+                "mqtt": {"port": broker.port},
+                "keys": {"dir": keys.dir},
+            },
+        )
+    )
+    with server.sessions() as s:
+        s.add(Member(id=MEMBER, phone="+442079460018", name="Ada", points=0))
+        s.commit()
+    server.start()
+    observer = Peer(broker.port, [f"tillface/{STORE}/gallery/#"], client_id="observer")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ahead), os.environ.get("PYTHONPATH")]))}
+    try:
+        till.start(env)
+        topic = member_topic("tillface", STORE, MEMBER)
+        published = wait(lambda: observer.on(f"/gallery/members/{MEMBER}"), "the till publishes the member")
+        assert published[0].json()["revision"] == ahead_revision > int(time.time() * 1000) + 3_000_000
+        wait(lambda: server.tills.get("ta") and server.tills["ta"].status == "online", "till online")
+        server.erase(MEMBER)
+        tomb = wait(lambda: [m for m in observer.on(topic) if m.json()["erased"]], "the tombstone")[0].json()
+        assert tomb["revision"] < ahead_revision  # older by the till's clock, and it wins all the same
+        wait(lambda: till.members_on_disk() == [], "the erase applied at the till", timeout=10)
+        # After a restart (a catch-up) the till republishes nothing of her; the tombstone stays.
+        till.stop()
+        till.start(env)
+        wait(lambda: "store gallery caught up" in till.log().split("MQTT link to")[-1], "the catch-up")
+        time.sleep(1.0)
+        assert till.members_on_disk() == []
+        states = [m.json() for m in observer.on(topic)]
+        assert states[-1]["erased"] is True and len([s for s in states if not s["erased"]]) == 1, states
+    finally:
+        till.stop()
+        observer.close()
         server.stop()
     assert "Traceback" not in till.log()

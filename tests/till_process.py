@@ -54,9 +54,10 @@ class Till:
         os.chmod(self.state / "gallery.key", 0o600)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tillface", "run", "--config", str(self.cfg)],
+            env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=open(self.state / "log.txt", "ab"),  # noqa: SIM115
         )
