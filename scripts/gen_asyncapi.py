@@ -22,7 +22,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from tillface.link.gallery_sync import MemberState
 from tillface.link.mqtt import SESSION_EXPIRY_S
-from tillface.link.schemas import COMMAND_MODELS, EVENT_MODELS, SCHEMA_VERSION
+from tillface.link.schemas import COMMAND_MODELS, EVENT_MODELS, SCHEMA_VERSION, Roster, StatusMessage
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT = REPO / "contract" / "asyncapi.yaml"
@@ -51,6 +51,19 @@ unacknowledged message, oldest first and with the same `event_id`, so a receiver
 least once and must de-duplicate by `event_id`. Commands are QoS 1 on a persistent session: the broker
 keeps them for a unit that is away for up to {expiry} s. A command that fails validation (or cannot be
 carried out) is answered on `event/error`.
+
+Signatures (end to end, so that valid broker credentials alone cannot forge): every message but the
+sync marker carries `key_id` (the first 16 hex digits of SHA-256 over the signer's raw Ed25519 public
+key) and `sig` (base64 Ed25519 over `tillface-sig/1\\n` + the topic + `\\n` + the payload without
+`sig` as JSON with sorted keys, compact separators, UTF-8). The store server signs commands (which also
+carry `event_id`, `ts`, `store` and `till`), tombstones and the till roster with its key; each unit
+signs its status, health, events and the member templates it publishes with its own key, registered
+with the store server at provisioning. The unit refuses a command that is unsigned, badly signed,
+addressed to another store or till, further than `[mqtt] signature_window_s` (default 300 s) from its
+clock, or a replay of an `event_id` it has seen (answered on `event/error`, nothing else changes); it
+applies a tombstone only when the store server signed it, and another till's templates only when that
+till's key is in the store-signed roster. The store server ignores (and logs) anything from a till
+that its registered key did not sign.
 """
 
 PARAMETERS: dict[str, dict[str, Any]] = {
@@ -76,8 +89,11 @@ CHANNELS: dict[str, tuple[str, str, str, str, str, bool]] = {
     "status": (
         "tillface/{store}/{till}/status",
         "Unit status",
-        "Plain text `online`, published when the unit connects, or `offline`, published when it stops "
-        "cleanly and by the broker (the unit's last will) when its connection is lost. Retained, QoS 1.",
+        "`state` `online`, published when the unit connects, or `offline`, published when it stops "
+        "cleanly and by the broker (the unit's last will, signed when the connection was made) when its "
+        "connection is lost. `session` is new for every connection: the store server accepts an `offline` "
+        "only for the session of the newest `online` it accepted, so an old will cannot be replayed. "
+        "Signed by the unit; retained, QoS 1.",
         "status",
         "send",
         True,
@@ -186,6 +202,17 @@ CHANNELS: dict[str, tuple[str, str, str, str, str, bool]] = {
         "both",
         False,
     ),
+    "galleryTills": (
+        "tillface/{store}/gallery/tills",
+        "Store gallery: the till roster",
+        "The store server's signed list of its tills and their Ed25519 public keys: a unit applies "
+        "another till's member templates only when they are signed by the key listed here for their "
+        "`origin`. Republished by the store server when a till is provisioned, rotated or revoked; a unit "
+        "keeps the newest (by `ts`). Retained, QoS 1.",
+        "roster",
+        "receive",
+        True,
+    ),
     "galleryMember": (
         "tillface/{store}/gallery/members/{member_id}",
         "Store gallery: one member's state",
@@ -193,6 +220,8 @@ CHANNELS: dict[str, tuple[str, str, str, str, str, bool]] = {
         "store's gallery key (AES-256-GCM; the associated data binds store, member and revision), or a "
         "tombstone (`erased: true`, no templates). The highest `revision` wins, so re-delivery and "
         "out-of-order copies are harmless and a tombstone stops an older copy from resurrecting a member. "
+        "A tombstone counts only when signed by the store server; templates only when signed by their "
+        "`origin` till (see the till roster). "
         "The retained messages are the snapshot a (re)connecting unit catches up from; live messages are "
         "the deltas. Published by the store server (erasures) and by the units (their enrolments, and "
         "states newer than the broker's after a catch-up). Retained, QoS 1.",
@@ -213,11 +242,7 @@ SUMMARIES = {
 # message id -> (title, content type, payload: a model (with its schema mode) or a literal schema)
 MessageSpec = tuple[str, str, tuple[type[BaseModel], JsonSchemaMode] | dict[str, Any]]
 MESSAGES: dict[str, MessageSpec] = {
-    "status": (
-        "Online or offline",
-        "text/plain",
-        {"type": "string", "enum": ["online", "offline"]},
-    ),
+    "status": ("Online or offline", "application/json", (StatusMessage, "serialization")),
     **{
         kind: (f"{kind} event", "application/json", (model, "serialization"))
         for kind, model in EVENT_MODELS.items()
@@ -232,6 +257,7 @@ MESSAGES: dict[str, MessageSpec] = {
         {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "A random marker (hex UUID)."},
     ),
     "memberState": ("Member state", "application/json", (MemberState, "validation")),
+    "roster": ("Till roster", "application/json", (Roster, "validation")),
 }
 
 

@@ -1,5 +1,6 @@
 """The other end of the link in tests: a real paho client that records what the unit publishes and
-sends what a store server would."""
+sends what a store server would. With a `signer` (signing_keys.StoreKeys().signer or a till's), every
+dict it sends is signed as the store server (or that till) would sign it; bytes go as they are."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from signing_keys import sign_for
+from tillface.security.signing import Signer
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,9 @@ class Peer:
         persistent: bool = False,
         tls: dict[str, Any] | None = None,
         username: tuple[str, str] | None = None,
+        signer: Signer | None = None,
     ) -> None:
+        self.signer = signer
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._topics = topics
@@ -86,8 +92,12 @@ class Peer:
         with self._cond:
             return [m for m in self.messages if m.topic.endswith(suffix)]
 
-    def send(self, topic: str, payload: bytes | str | dict[str, Any], retain: bool = False) -> None:
+    def send(
+        self, topic: str, payload: bytes | str | dict[str, Any], retain: bool = False, sign: bool = True
+    ) -> None:
         if isinstance(payload, dict):
+            if sign and self.signer is not None:
+                payload = sign_for(self.signer, topic, payload)
             payload = json.dumps(payload)
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 

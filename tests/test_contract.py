@@ -19,6 +19,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from asyncapi_contract import CONTRACT, REPO, Contract, pointer_get
 from mqtt_peer import Peer, Received
+from signing_keys import StoreKeys
 from test_link_mqtt import make_unit
 from tillface.app import Daemon
 from tillface.events import utc_now
@@ -105,7 +106,7 @@ def test_contract_is_a_well_formed_asyncapi_3_document(contract):
     addresses = {c.address: c for c in contract.channels}
     unit = "tillface/{store}/{till}"
     sent = {f"{unit}/status", f"{unit}/health"} | {f"{unit}/event/{k}" for k in EVENT_MODELS if k != "health"}
-    received = {f"{unit}/cmd/{name}" for name in COMMAND_MODELS}
+    received = {f"{unit}/cmd/{name}" for name in COMMAND_MODELS} | {"tillface/{store}/gallery/tills"}
     both = {f"{unit}/sync", "tillface/{store}/gallery/members/{member_id}"}
     assert set(addresses) == sent | received | both
     for address in sent:
@@ -134,8 +135,11 @@ def test_the_contract_refuses_what_breaks_it(contract):
     assert contract.problems(f"{UNIT}/event/left", json.dumps({**event, "duration_s": -1}).encode())
     assert contract.problems(f"{UNIT}/event/left", json.dumps({**event, "ts": "yesterday"}).encode())
     assert contract.problems(f"{UNIT}/event/match", json.dumps(event).encode())  # wrong channel
-    assert contract.problems(f"{UNIT}/status", b"online") == []
-    assert contract.problems(f"{UNIT}/status", b"maybe")
+    status = {k: v for k, v in event.items() if k not in ("visit_id", "duration_s")}
+    status |= {"state": "online", "session": "0" * 32}
+    assert contract.problems(f"{UNIT}/status", json.dumps(status).encode()) == []
+    assert contract.problems(f"{UNIT}/status", json.dumps({**status, "state": "maybe"}).encode())
+    assert contract.problems(f"{UNIT}/status", b"online")  # plain text: unsigned, no longer the contract
     assert contract.problems(f"{UNIT}/event/nonsense", b"{}")
     tomb = erase_state("s1", "m-1", 5, "store", "2025-01-02T03:04:05Z").model_dump(by_alias=True)
     assert contract.problems("tillface/s1/gallery/members/m-1", json.dumps(tomb).encode()) == []
@@ -150,8 +154,8 @@ class StoreServer(Peer):
     """The store's side: sends commands and records everything under tillface/ but its own messages
     (MQTT 5 no-local), with the retain flag as the unit published it."""
 
-    def __init__(self, port: int) -> None:
-        super().__init__(port, ["tillface/#"], client_id="store-server")
+    def __init__(self, port: int, keys: StoreKeys) -> None:
+        super().__init__(port, ["tillface/#"], client_id="store-server", signer=keys.signer)
 
     def _on_connect(self, client: Client, *_: Any) -> None:
         options = SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True)
@@ -221,7 +225,7 @@ class Conductor:
 
 def test_everything_a_running_unit_publishes_follows_the_contract(faces_dir, tmp_path, broker, contract):
     scenario, cfg, config = make_unit(faces_dir, tmp_path, broker.port)
-    store = StoreServer(broker.port)
+    store = StoreServer(broker.port, StoreKeys(tmp_path / "store-keys"))
     events_path = tmp_path / "events.jsonl"
     daemon = Daemon(config, cfg, events_path, lockstep_replay=True)
     conductor = Conductor(daemon, store)
@@ -234,7 +238,7 @@ def test_everything_a_running_unit_publishes_follows_the_contract(faces_dir, tmp
             lambda ms: (
                 ids <= {m.json().get("event_id") for m in ms if "/event/" in m.topic}
                 and bool(ms)
-                and any(m.topic == f"{UNIT}/status" and m.payload == b"offline" for m in ms)
+                and any(m.topic == f"{UNIT}/status" and m.json()["state"] == "offline" for m in ms)
             ),
             timeout=20,
         )

@@ -13,6 +13,7 @@ import pytest
 from mosquitto import Mosquitto
 from mqtt_peer import Peer
 from replay_fixtures import build_scenario, pick_identities, write_config
+from signing_keys import StoreKeys
 from tillface.app import Daemon
 from tillface.config import load_config
 from tillface.enrol import import_photos
@@ -34,6 +35,7 @@ def replay_run(faces_dir, tmp_path_factory):
     config = load_config(cfg_path)
     state.mkdir()
     create_key_file(config.gallery.key_file)
+    StoreKeys(work / "store-keys").provision("t1", state)
     from tillface.app import open_gallery
 
     gallery = open_gallery(config, cfg_path)
@@ -190,7 +192,13 @@ def test_no_frame_or_crop_written_during_the_run(replay_run):
     new = sorted(set(after) - set(before))
     assert new == [str(work / "events.jsonl"), str(work / "state" / "outbox.sqlite")], new
     state_files = sorted(p.name for p in daemon.config.unit.state_dir.iterdir())
-    assert state_files == ["gallery.key", "gallery.tfg", "outbox.sqlite"]
+    assert state_files == [
+        "gallery.key",
+        "gallery.tfg",
+        "outbox.sqlite",
+        "store-signing.pub",
+        "till-signing.key",
+    ]
     from tillface.link.outbox import Outbox
 
     outbox = Outbox(daemon.config.mqtt.outbox_file)
@@ -207,7 +215,9 @@ def test_every_decision_reaches_the_store_once_in_order(replay_run):
         assert first_copies.setdefault(event_id, m.payload) == m.payload
     assert list(first_copies) == [e["event_id"] for e in events]
     for e in events:
-        assert json.loads(first_copies[e["event_id"]]) == {k: v for k, v in e.items() if k != "event"}
+        wire = json.loads(first_copies[e["event_id"]])
+        assert wire.pop("key_id") and wire.pop("sig")  # signed by the till (tests/test_signatures.py)
+        assert wire == {k: v for k, v in e.items() if k != "event"}
 
 
 def test_invalid_configs_exit_78_naming_the_key(tmp_path):

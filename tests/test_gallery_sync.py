@@ -11,6 +11,7 @@ import pytest
 
 from mqtt_peer import Peer
 from replay_fixtures import lfw_identities
+from signing_keys import StoreKeys
 from till_process import Till, decisions, health_members, render
 from tillface.events import utc_now
 from tillface.link.gallery_sync import erase_state, member_topic
@@ -37,7 +38,14 @@ def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, bro
     key = tmp_path / "store.key"
     create_key_file(key)  # one store key: every till's gallery and the wire
     units = {t: Till(tmp_path, t, broker.port, key) for t in ("ta", "tb", "tc")}
-    peer = Peer(broker.port, [f"tillface/{STORE}/#"], client_id="store")
+    # The peer plays the store server: it signs its commands and tombstones with the store's key.
+    peer = Peer(
+        broker.port,
+        [f"tillface/{STORE}/#"],
+        client_id="store",
+        signer=StoreKeys(tmp_path / "store-keys").signer,
+    )
+    peer.send(*StoreKeys(tmp_path / "store-keys").roster(STORE), retain=True)
     pending = {
         t: render(photo, u.cam, f"{t}-1", seed=i + 1, pad_s=45 if t == "ta" else 25)
         for i, (t, u) in enumerate(units.items())
@@ -82,9 +90,7 @@ def test_enrol_at_one_till_recognised_at_all_and_erase_reaches_all(tmp_path, bro
         revision = int(time.time() * 1000)
         tombstone = erase_state(STORE, MEMBER, revision, "store", utc_now())
         t0 = time.monotonic()
-        peer.send(
-            member_topic("tillface", STORE, MEMBER), tombstone.model_dump_json(by_alias=True), retain=True
-        )
+        peer.send(member_topic("tillface", STORE, MEMBER), tombstone.model_dump(by_alias=True), retain=True)
         peer.wait_for(lambda ms: peer.on("/ta/event/erased") and peer.on("/tb/event/erased"), timeout=10)
         acked = time.monotonic() - t0
         print(f"erase acknowledged by A and B after {acked:.2f} s")

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from asyncapi_contract import Contract
 from mosquitto import Mosquitto
 from mqtt_peer import Peer
+from signing_keys import StoreKeys
 from tillface.link.schemas import COMMAND_MODELS
 from tillface.recognition.gallery import create_key_file
 
@@ -295,6 +296,7 @@ def unit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unit]:
     state = work / "state"
     state.mkdir()
     create_key_file(state / "gallery.key")
+    StoreKeys(work / "store-keys").provision("t1", state)
     config = work / "till.toml"
     config.write_text(
         f"""
@@ -327,7 +329,9 @@ health_interval_s = 5.0
     store = Peer(broker.port, [f"{UNIT}/event/error", f"{UNIT}/status"], client_id="fuzz-store")
     unit = Unit(proc, store, log)
     try:
-        store.wait_for(lambda ms: any(m.topic.endswith("/status") and m.payload == b"online" for m in ms), 60)
+        store.wait_for(
+            lambda ms: any(m.topic.endswith("/status") and b'"online"' in m.payload for m in ms), 60
+        )
         yield unit
     finally:
         store.close()

@@ -11,11 +11,13 @@ import pytest
 
 from mqtt_peer import Peer
 from replay_fixtures import build_scenario, write_config
+from signing_keys import StoreKeys
 from tillface.app import Daemon, open_gallery
 from tillface.config import load_config
 from tillface.enrol import import_photos
 from tillface.link.schemas import EVENT_MODELS
 from tillface.recognition.gallery import create_key_file
+from tillface.security.signing import key_id, load_public_key, verify
 
 
 def mqtt_section(port: int, extra: str = "") -> str:
@@ -31,6 +33,7 @@ def make_unit(faces_dir: Path, work: Path, port: int, members: int = 3, stranger
     config = load_config(cfg)
     state.mkdir(exist_ok=True)
     create_key_file(config.gallery.key_file)
+    StoreKeys(work / "store-keys").provision(till, state)  # the till's signing key, the store's public key
     gallery = open_gallery(config, cfg)
     assert (
         import_photos(gallery, config, faces_dir, scenario.enrol_csv, progress=False, consent_ref="test") == 0
@@ -46,6 +49,8 @@ def test_every_decision_arrives_once_with_the_contract_fields(faces_dir, tmp_pat
         config = load_config(cfg)
         assert config.mqtt.protocol == protocol
     peer = Peer(broker.port, ["tillface/s1/t1/#"])
+    public = load_public_key(tmp_path / "store-keys" / "tills" / "t1.pub")
+    till_keys = {key_id(public): public}
     events_path = tmp_path / "events.jsonl"
     daemon = Daemon(config, cfg, events_path, lockstep_replay=True)
     assert daemon.run() == 0
@@ -63,15 +68,21 @@ def test_every_decision_arrives_once_with_the_contract_fields(faces_dir, tmp_pat
         assert all(c.payload == copies[0].payload for c in copies)
         payload = copies[0].json()
         assert copies[0].topic == f"tillface/s1/t1/event/{e['event']}"
-        assert payload == {k: v for k, v in e.items() if k != "event"}
+        assert {k: v for k, v in payload.items() if k not in ("key_id", "sig")} == {
+            k: v for k, v in e.items() if k != "event"
+        }
+        verify(copies[0].topic, payload, till_keys, "t1")  # signed by the till's own key
         EVENT_MODELS[e["event"]].model_validate(payload)
         assert not copies[0].retain
     # order kept: the first copies arrive in the order the unit decided
     first_seen = list(dict.fromkeys(m.json()["event_id"] for m in received))
     assert [i for i in first_seen if i in ids] == [e["event_id"] for e in written]
     # status: online while running, offline (retained) after a clean stop
-    status = peer.on("/status")
-    assert status[0].payload == b"online" and status[-1].payload == b"offline"
+    status = [m.json() for m in peer.on("/status")]
+    assert status[0]["state"] == "online" and status[-1]["state"] == "offline"
+    assert status[0]["session"] == status[-1]["session"]  # the clean stop's offline, same connection
+    for m in peer.on("/status"):
+        verify(m.topic, m.json(), till_keys, "t1")
     health = [m.json() for m in peer.on("/health")]
     assert health and health[-1]["gallery_members"] == len(scenario.members)
     assert health[-1]["link"] in ("online", "syncing") and health[-1]["outbox_depth"] >= 0
@@ -140,7 +151,7 @@ def bad_commands() -> list[tuple[str, bytes, str]]:
 
 def test_bad_commands_get_an_error_a_person_can_act_on(faces_dir, tmp_path, broker):
     _scenario, cfg, config = make_unit(faces_dir, tmp_path, broker.port, members=1, strangers=0)
-    peer = Peer(broker.port, ["tillface/s1/t1/event/error"])
+    peer = Peer(broker.port, ["tillface/s1/t1/event/error"], signer=StoreKeys(tmp_path / "store-keys").signer)
     # A camera that is not there (yet): the daemon stays up, reconnecting, while commands arrive.
     config = config.model_copy(
         update={"camera": config.camera.model_copy(update={"source": f"replay:{tmp_path}/unplugged"})}
@@ -153,7 +164,12 @@ def test_bad_commands_get_an_error_a_person_can_act_on(faces_dir, tmp_path, brok
         while daemon.link is not None and daemon.link.state != "online" and time.monotonic() < deadline:
             time.sleep(0.05)
         for name, payload, _ in bad_commands():
-            peer.send(f"tillface/s1/t1/cmd/{name}", payload)
+            # Signed by the store where it is a JSON object: what is refused is the payload itself.
+            try:
+                body = json.loads(payload)
+            except ValueError:
+                body = None
+            peer.send(f"tillface/s1/t1/cmd/{name}", body if isinstance(body, dict) else payload)
         errors = peer.wait_for(lambda ms: len(ms) >= len(bad_commands()))
         for (name, _payload, words), msg in zip(bad_commands(), errors, strict=True):
             body = msg.json()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mqtt_peer import Peer
 from replay_fixtures import build_scenario, write_config
+from signing_keys import StoreKeys
 from tillface.app import open_gallery
 from tillface.config import load_config
 from tillface.enrol import import_photos
@@ -44,6 +45,7 @@ def test_broker_outage_then_sigkill_then_restart_loses_nothing(faces_dir, tmp_pa
     config = load_config(cfg)
     state.mkdir()
     create_key_file(config.gallery.key_file)
+    StoreKeys(tmp_path / "store-keys").provision("t1", state)
     assert (
         import_photos(
             open_gallery(config, cfg),

@@ -49,6 +49,7 @@ def store_config(tmp_path: Path, port: int, database_url: str):
         {
             "store": {"id": STORE, "database_url": database_url, "phone_region": "GB", "erase_timeout_s": 10},
             "mqtt": {"port": port},
+            "keys": {"dir": tmp_path / "store-keys"},  # the tills register their keys here (till_process)
         },
     )
 

@@ -20,6 +20,7 @@ import pytest
 
 from mosquitto import free_port
 from mqtt_peer import Peer
+from signing_keys import StoreKeys, status
 from store_clients import Clients, bearer
 from tillface.events import utc_now
 from tillface.link.gallery_sync import MemberState
@@ -59,6 +60,20 @@ def wire(model) -> bytes:
     return model.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
+SIGNERS: dict = {}  # till -> its signing key, registered in ./store-keys (the default [keys] dir)
+
+
+@pytest.fixture(autouse=True)
+def store_keys(tmp_path: Path, monkeypatch):
+    """The store server's keys folder, `store-keys` in the test's folder (its working directory), with
+    tills t1-t3 provisioned: the fake till signs as they would."""
+    monkeypatch.chdir(tmp_path)
+    keys = StoreKeys(tmp_path / "store-keys")
+    SIGNERS.clear()
+    SIGNERS.update({t: keys.provision(t, tmp_path / "tills" / t) for t in ("t1", "t2", "t3")})
+    return keys
+
+
 @pytest.fixture
 def server(tmp_path: Path, broker):
     config = load_store_config(
@@ -89,7 +104,8 @@ def till(broker):
 
 
 def send_event(peer: Peer, model, kind: str) -> None:
-    peer.send(f"tillface/{STORE}/{model.till}/event/{kind}", wire(model))
+    topic = f"tillface/{STORE}/{model.till}/event/{kind}"
+    peer.send(topic, SIGNERS[model.till].sign(topic, json.loads(wire(model))), sign=False)
 
 
 def wait_until(predicate, timeout: float = 5.0) -> None:
@@ -122,7 +138,7 @@ def test_bad_input_is_a_clear_4xx(server, till):
     assert r.status_code == 410 and "expired" in r.json()["detail"]
     r = c.desk.post("/members", json={**member, "visitor_code": "kqx42", "consent": CONSENT})
     assert r.status_code == 422
-    till.send(f"tillface/{STORE}/t3/status", b"offline", retain=True)
+    till.send(*status(SIGNERS["t3"], STORE, "t3", "offline", "3" * 32), retain=True)
     send_event(till, visitor("t3", "OFF-33", "v3"), "visitor")
     wait_until(lambda: server.tills.get("t3") is not None and len(c.desk.get("/visitors").json()) == 2)
     r = c.desk.post("/members", json={**member, "till": "t3", "visitor_code": "OFF-33", "consent": CONSENT})
@@ -146,8 +162,8 @@ def test_bad_input_is_a_clear_4xx(server, till):
 
 def test_enrol_receipt_display_erase_with_a_fake_till(server, till):
     c = Clients(server)
-    till.send(f"tillface/{STORE}/t1/status", b"online", retain=True)
-    till.send(f"tillface/{STORE}/t2/status", b"offline", retain=True)
+    till.send(*status(SIGNERS["t1"], STORE, "t1", "online", "1" * 32), retain=True)
+    till.send(*status(SIGNERS["t2"], STORE, "t2", "offline", "2" * 32), retain=True)
     event = visitor("t1", "KQX-42", "v1")
     for _ in range(3):  # QoS 1 re-delivery / outbox resend: one visit
         send_event(till, event, "visitor")

@@ -12,6 +12,7 @@ import schemathesis
 from fastapi.routing import APIRoute
 from hypothesis import HealthCheck, settings
 
+from signing_keys import StoreKeys
 from store_clients import bearer
 from tillface.store.api import create_app, guard_of
 from tillface.store.auth import create_key
@@ -23,12 +24,14 @@ EXAMPLES = int(os.environ.get("TILLFACE_FUZZ_EXAMPLES", "40"))
 DERANDOMIZE = "TILLFACE_FUZZ_EXAMPLES" not in os.environ
 # Loaded at collection time (schemathesis parametrizes from the schema); the folder goes with the process.
 _FOLDER = tempfile.TemporaryDirectory(prefix="tillface-store-schema-")
+_SIGNING = StoreKeys(Path(_FOLDER.name) / "store-keys")
 _CONFIG = load_store_config(
     None,
     {
         "store": {"database_url": f"sqlite:///{Path(_FOLDER.name) / 'store.db'}"},
         # The in-process client's Host is "testserver"; the rate limit has its own test (test_store_auth.py).
         "http": {"allowed_hosts": ["testserver"], "receipts_per_minute": 100_000},
+        "keys": {"dir": _SIGNING.dir},
     },
 )
 # Not connected to a broker: no till answers, and nothing the generated requests reach waits on MQTT.

@@ -1,5 +1,6 @@
 """Real tills for multi-till tests: `tillface run` subprocesses on replay cameras that appear later,
-on a real broker, all sharing one store key."""
+on a real broker, all sharing one store key. Each is provisioned with its own signing key, registered
+in the test's store keys folder (`<work>/store-keys`, signing_keys.StoreKeys)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from mqtt_peer import Peer
 from replay_fixtures import write_config
+from signing_keys import StoreKeys
 from tillface.config import load_config
 from tillface.imageio import read_rgb
 from tillface.recognition.gallery import GalleryStore, read_key_file
@@ -32,10 +34,14 @@ def render(photo: Path, cam: Path, name: str, seed: int, pad_s: float) -> Path:
 
 
 class Till:
-    def __init__(self, work: Path, till: str, port: int, key: Path) -> None:
+    def __init__(
+        self, work: Path, till: str, port: int, key: Path, store_keys: StoreKeys | None = None
+    ) -> None:
         self.till = till
         self.state = work / till
         self.state.mkdir(parents=True)
+        self.store_keys = store_keys or StoreKeys(work / "store-keys")
+        self.signer = self.store_keys.provision(till, self.state)
         self.cam = work / f"cam-{till}"
         extra = (
             "reopen_backoff_s = [0.2, 0.5]\n"
@@ -48,9 +54,10 @@ class Till:
         os.chmod(self.state / "gallery.key", 0o600)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tillface", "run", "--config", str(self.cfg)],
+            env={**os.environ, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=open(self.state / "log.txt", "ab"),  # noqa: SIM115
         )

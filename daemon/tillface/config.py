@@ -480,6 +480,32 @@ class MqttConfig(Section):
         default=None,
         description="store key for templates on the wire; unset = the gallery key ([gallery] key_file)",
     )
+    signing_key_credential: str = Field(
+        default="till-signing.key",
+        pattern=r"^[A-Za-z0-9_.-]{1,255}$",
+        description="systemd credential holding this till's Ed25519 private key (tried first)",
+    )
+    signing_key_file: PathValue = Field(
+        default=DEFAULT_STATE_DIR / "till-signing.key",
+        description="this till's Ed25519 private key (PEM, mode 0600) when there is no credential "
+        "(default <state_dir>/till-signing.key); it signs the till's events and member states",
+    )
+    store_public_key_credential: str = Field(
+        default="store-signing.pub",
+        pattern=r"^[A-Za-z0-9_.-]{1,255}$",
+        description="systemd credential holding the store server's Ed25519 public key (tried first)",
+    )
+    store_public_key_file: PathValue = Field(
+        default=DEFAULT_STATE_DIR / "store-signing.pub",
+        description="the store server's public key (PEM) when there is no credential (default "
+        "<state_dir>/store-signing.pub); commands, tombstones and the till roster must be signed by it",
+    )
+    signature_window_s: float = Field(
+        default=300.0,
+        ge=5,
+        le=3600,
+        description="a signed command whose ts is further than this from the till's clock is refused (stale)",
+    )
 
     @model_validator(mode="after")
     def _check_tls(self) -> MqttConfig:
@@ -510,6 +536,8 @@ _STATE_DEFAULTS: dict[tuple[str, str], str] = {
     ("gallery", "file"): "gallery.tfg",
     ("debug", "capture_dir"): "captures",
     ("mqtt", "outbox_file"): "outbox.sqlite",
+    ("mqtt", "signing_key_file"): "till-signing.key",
+    ("mqtt", "store_public_key_file"): "store-signing.pub",
 }
 
 

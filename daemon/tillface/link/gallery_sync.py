@@ -9,7 +9,12 @@ state it holds that is newer than the broker's copy (an enrolment made while the
 so nothing depends on a message that was in flight when the link dropped.
 
 Each state carries the member's revision (a hybrid logical clock in ms, see GalleryStore): the newest
-revision wins, re-delivery is a no-op, and a tombstone stops an older copy from resurrecting a member.
+revision wins between upserts and re-delivery is a no-op. A store-signed tombstone is final for its
+member id (ids are never reused): it wins whatever the tills' clocks, and nothing brings the member back.
+
+Every state is signed (security/signing.py): a tombstone counts only when the store server signed it,
+templates only when their `origin` till signed them with the key the store-signed roster
+(`<root>/<store>/gallery/tills`) lists for it. Nothing else is applied.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field, StringConstraints
 
 from ..recognition.gallery import GalleryStore
-from .schemas import Id, Payload, Timestamp
+from .schemas import KEY_ID_DOC, SIG_DOC, Id, KeyId, Payload, Sig, Timestamp
 
 NONCE_SIZE = 12
 
@@ -47,6 +52,9 @@ class MemberState(Payload):
     ts: Timestamp
     erased: bool
     templates: EncryptedTemplates | None = None
+    # Signed end to end: a tombstone by the store server, templates by their `origin` till.
+    key_id: KeyId | None = Field(default=None, description=KEY_ID_DOC)
+    sig: Sig | None = Field(default=None, description=SIG_DOC)
 
 
 class SyncError(ValueError):
@@ -55,6 +63,10 @@ class SyncError(ValueError):
 
 def member_topic(root: str, store: str, member_id: str) -> str:
     return f"{root}/{store}/gallery/members/{member_id}"
+
+
+def roster_topic(root: str, store: str) -> str:
+    return f"{root}/{store}/gallery/tills"
 
 
 def _aad(store: str, member_id: str, revision: int, embedder: str) -> bytes:
@@ -146,10 +158,17 @@ def erase_state(store: str, member_id: str, revision: int, origin: str, ts: str)
 
 
 def apply_state(gallery: GalleryStore, key: bytes, state: MemberState) -> bool:
-    """Apply a received state; True if it changed this gallery (memory and disk)."""
+    """Apply a received (and authenticated) state; True if it changed this gallery (memory and disk).
+
+    Member ids are never reused, so a tombstone (only ever applied when the store server signed it) is
+    final for its member whatever the revisions say: it beats an upsert stamped by a till whose clock is
+    ahead of the store's, and no later upsert of that id is applied."""
+    known, erased = gallery.revision_of(state.member_id)
+    if erased:
+        return False  # erased already: re-delivery of the tombstone, or an upsert after it
     if state.erased:
-        return gallery.apply_remote(state.member_id, state.revision, None, origin=state.origin)
-    known, _ = gallery.revision_of(state.member_id)
+        final = max(state.revision, known + 1)  # newer than anything this till holds of the member
+        return gallery.apply_remote(state.member_id, final, None, origin=state.origin)
     if state.revision <= known:
         return False  # nothing to decrypt for an old copy
     return gallery.apply_remote(

@@ -26,16 +26,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..events import utc_now
 from ..recognition.enrolment import EnrolmentCache, EnrolmentError
 from ..recognition.gallery import GalleryStore
-from .gallery_sync import MemberState, SyncError, apply_state, member_topic, state_of
+from ..security import signing
+from ..security.signing import (
+    KeyFileError,
+    ReplayGuard,
+    SignatureError,
+    Signer,
+    check_addressed,
+    verify,
+)
+from .gallery_sync import MemberState, SyncError, apply_state, member_topic, roster_topic, state_of
 from .outbox import Outbox
 from .schemas import (
     Command,
@@ -43,14 +53,17 @@ from .schemas import (
     DisplayCommand,
     EnrollCommand,
     ReloadCommand,
+    Roster,
+    StatusMessage,
     check_event,
     describe_validation,
-    parse_command,
+    read_command,
 )
 
 log = logging.getLogger("tillface.link")
 audit_log = logging.getLogger("tillface.audit")
 
+UNVERIFIED_MAX = 10_000  # member states held until the roster names their till
 WINDOW = 500  # unacknowledged outbox rows in flight
 INBOX_SIZE = 1000  # received messages waiting for the worker; beyond it commands are refused
 SESSION_EXPIRY_S = 3600  # the broker keeps our commands this long while we are away
@@ -96,6 +109,10 @@ class Topics:
     @property
     def gallery(self) -> str:
         return f"{self.root}/{self.store}/gallery/members/+"
+
+    @property
+    def roster(self) -> str:
+        return roster_topic(self.root, self.store)
 
     def member(self, member_id: str) -> str:
         return member_topic(self.root, self.store, member_id)
@@ -172,6 +189,29 @@ def probe_broker(config: Config, timeout_s: float = 5.0) -> str:
     return f"broker {where} accepts the unit ({tls}, {user}, MQTT {m.protocol})"
 
 
+def load_link_keys(config: Config, config_path: Path | str | None = None) -> tuple[Signer, Ed25519PublicKey]:
+    """This till's signing key and the store server's public key (credential first, then the file);
+    a missing or unusable one is a ConfigError naming the key and how to get it."""
+    m = config.mqtt
+    where = config_path or "config"
+    fix = "the till's credentials bundle from `tillface store-admin provision-till` has it"
+    try:
+        private = signing.load_private_credential(m.signing_key_credential, m.signing_key_file)
+    except KeyFileError as exc:
+        raise ConfigError(
+            f"{where}: mqtt.signing_key_file: {exc} (credential {m.signing_key_credential!r} not found "
+            f"either); {fix}"
+        ) from None
+    try:
+        store = signing.load_public_credential(m.store_public_key_credential, m.store_public_key_file)
+    except KeyFileError as exc:
+        raise ConfigError(
+            f"{where}: mqtt.store_public_key_file: {exc} (credential {m.store_public_key_credential!r} "
+            f"not found either); {fix}"
+        ) from None
+    return Signer(private), store
+
+
 @dataclass
 class LinkStats:
     """What the link state (health, doctor) is made of."""
@@ -200,6 +240,15 @@ class Link:
         self.services = services
         self._key = wire_key
         self._clock = clock
+        self._signer, store_key = load_link_keys(config)
+        self._store_keys: dict[str, Ed25519PublicKey] = {signing.key_id(store_key): store_key}
+        # Whose member states this till accepts: its own, and those the store-signed roster names.
+        self._own_keys = {self._signer.key_id: self._signer.public_key}
+        self._till_keys: dict[str, dict[str, Ed25519PublicKey]] = {self.topics.till: dict(self._own_keys)}
+        self._roster_ts = float("-inf")
+        self._unverified: dict[str, tuple[str, bytes]] = {}  # member -> (topic, payload) awaiting the roster
+        self._replays = ReplayGuard(m.signature_window_s)
+        self._session = uuid.uuid4().hex
         self.outbox = Outbox(m.outbox_file, m.outbox_max_rows)
         self.stats = LinkStats()
         self._stop = threading.Event()
@@ -233,12 +282,23 @@ class Link:
         client.enable_logger(paho_log)
         client.max_inflight_messages_set(100)
         client.reconnect_delay_set(int(max(1, m.reconnect_backoff_s[0])), int(m.reconnect_backoff_s[1]))
-        client.will_set(self.topics.status, b"offline", qos=1, retain=True)
+        self._arm_will(client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
+
+    def _status(self, state: str) -> bytes:
+        body = {**self._envelope(), "state": state, "session": self._session}
+        StatusMessage.model_validate(body)
+        return _json(self._signer.sign(self.topics.status, body))
+
+    def _arm_will(self, client: mqtt.Client) -> None:
+        """A new session for the next connection and its last will, signed now: the store accepts this
+        `offline` only while that connection's `online` is the newest it has (no replays of old wills)."""
+        self._session = uuid.uuid4().hex
+        client.will_set(self.topics.status, self._status("offline"), qos=1, retain=True)
 
     def start(self) -> None:
         m = self.config.mqtt
@@ -267,7 +327,7 @@ class Link:
         for t in self._threads:
             t.join(timeout=2.0)
         if self._connected.is_set():
-            info = self._client.publish(self.topics.status, b"offline", qos=1, retain=True)
+            info = self._client.publish(self.topics.status, self._status("offline"), qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=1.0)
         self._client.disconnect()
@@ -296,7 +356,8 @@ class Link:
         """Validate an event record against the contract and put it in the outbox (durable)."""
         kind = record["event"]
         payload = check_event(kind, record)
-        self.outbox.put(self.topics.event(kind), _json(payload), kind)
+        topic = self.topics.event(kind)
+        self.outbox.put(topic, _json(self._signer.sign(topic, payload)), kind)
         self._wake.set()
 
     def _envelope(self) -> dict[str, Any]:
@@ -375,15 +436,24 @@ class Link:
         self._synced.clear()
         self._hold_until = self._clock() + self.config.mqtt.sync_timeout_s
         self._marker = uuid.uuid4().hex
-        client.subscribe([(self.topics.commands, 1), (self.topics.gallery, 1), (self.topics.sync_marker, 1)])
+        # The roster first: the till keys that vouch for the member states after it.
+        client.subscribe(
+            [
+                (self.topics.roster, 1),
+                (self.topics.commands, 1),
+                (self.topics.gallery, 1),
+                (self.topics.sync_marker, 1),
+            ]
+        )
         client.publish(self.topics.sync_marker, self._marker.encode(), qos=1)
-        client.publish(self.topics.status, b"online", qos=1, retain=True)
+        client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
         self._pub_events.put(("connected", 0, True))
         self._connected.set()
         self._wake.set()
         log.info("MQTT connected to %s:%d", self.config.mqtt.host, self.config.mqtt.port)
 
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._arm_will(client)  # the next connection gets its own session and will
         was = self._connected.is_set()
         self._connected.clear()
         self._synced.clear()
@@ -442,7 +512,14 @@ class Link:
     def _command(self, topic: str, raw: bytes) -> None:
         name = topic.rsplit("/", 1)[-1]
         try:
-            command = parse_command(name, raw)
+            command, data = read_command(name, raw)
+            try:
+                verify(topic, data, self._store_keys, "the store server")
+                check_addressed(data, self.topics.store, self.topics.till)
+                self._replays.check(data)
+            except SignatureError as exc:
+                audit_log.warning("command on %s refused: not authenticated: %s", topic, exc.reason)
+                raise CommandError(f"not authenticated: {exc.reason}", command.request_id) from None
             self._carry_out(command)
         except CommandError as exc:
             self._error(topic, exc.reason, exc.request_id)
@@ -488,19 +565,91 @@ class Link:
             self._publish_member(cmd.member_id)
         # Not caught up or offline: the catch-up after the next connect publishes it.
 
-    def _publish_member(self, member_id: str) -> None:
+    def _publish_member(self, member_id: str) -> bool:
+        """Publish a member's templates, signed by this till; False for an erased member (a tombstone
+        counts only when the store server signed it, so a till never publishes one)."""
         state = state_of(self.gallery, self._key, self.topics.store, member_id, self.topics.till, utc_now())
-        self._client.publish(self.topics.member(member_id), _json(state.model_dump(by_alias=True)), 1, True)
+        if state.erased:
+            return False
+        topic = self.topics.member(member_id)
+        body = self._signer.sign(topic, state.model_dump(by_alias=True, exclude_none=True))
+        self._client.publish(topic, _json(body), 1, True)
+        return True
 
     def _gallery_message(self, topic: str, raw: bytes) -> None:
-        member_id = topic.rsplit("/", 1)[-1]
         if not raw:
             return  # a cleared retained message
+        if topic == self.topics.roster:
+            self._roster(topic, raw)
+        else:
+            self._member_message(topic, raw)
+
+    def _roster(self, topic: str, raw: bytes) -> None:
         try:
-            state = MemberState.model_validate_json(raw)
+            data = json.loads(raw)
+            roster = Roster.model_validate(data)
+        except ValidationError as exc:
+            log.error("till roster on %s ignored: %s", topic, describe_validation(exc))
+            return
+        except (ValueError, RecursionError) as exc:
+            log.error("till roster on %s ignored: not JSON (%s)", topic, exc)
+            return
+        try:
+            verify(topic, data, self._store_keys, "the store server")
+            check_addressed(data, self.topics.store)
+            sent = signing.parse_ts(roster.ts)
+        except SignatureError as exc:
+            audit_log.warning("till roster on %s ignored: %s", topic, exc.reason)
+            return
+        if sent < self._roster_ts:
+            log.warning("till roster on %s ignored: older (%s) than the one in use", topic, roster.ts)
+            return
+        keys: dict[str, dict[str, Ed25519PublicKey]] = {}
+        for till, entry in roster.tills.items():
+            public = signing.public_from_raw_b64(entry.public_key)
+            if signing.key_id(public) != entry.key_id:
+                log.error(
+                    "till roster: till %s's key_id %s does not match its key; ignored", till, entry.key_id
+                )
+                continue
+            keys[till] = {entry.key_id: public}
+        keys.setdefault(self.topics.till, {}).update(self._own_keys)
+        self._roster_ts, self._till_keys = sent, keys
+        log.info("till roster from the store server: %d tills (%s)", len(keys), ", ".join(sorted(keys)))
+        waiting, self._unverified = self._unverified, {}
+        for member_topic_, member_raw in waiting.values():
+            self._member_message(member_topic_, member_raw)
+
+    def _member_message(self, topic: str, raw: bytes) -> None:
+        member_id = topic.rsplit("/", 1)[-1]
+        try:
+            data = json.loads(raw)
+            state = MemberState.model_validate(data)
         except ValidationError as exc:
             log.error("gallery message on %s ignored: %s", topic, describe_validation(exc))
             return
+        except (ValueError, RecursionError) as exc:
+            log.error("gallery message on %s ignored: not JSON (%s)", topic, exc)
+            return
+        if state.erased:
+            keys, signer = self._store_keys, "the store server (only the store erases)"
+        else:
+            keys, signer = self._till_keys.get(state.origin, {}), f"till {state.origin}"
+            if not keys and data.get("sig") is not None:
+                if len(self._unverified) < UNVERIFIED_MAX:
+                    self._unverified[member_id] = (topic, raw)
+                log.warning(
+                    "gallery message on %s held: till %s is not in the store's till roster (yet)",
+                    topic,
+                    state.origin,
+                )
+                return
+        try:
+            verify(topic, data, keys, signer)
+        except SignatureError as exc:
+            audit_log.warning("gallery message on %s ignored: %s", topic, exc.reason)
+            return
+        self._unverified.pop(member_id, None)
         if state.member_id != member_id or state.store != self.topics.store:
             log.error(
                 "gallery message on %s ignored: it names member %s of store %s",
@@ -533,11 +682,10 @@ class Link:
         # broker lacks or holds older (enrolments and erasures made while we were away).
         newer = [
             member
-            for member, (revision, _erased) in self.gallery.sync_state().items()
-            if revision > self._broker_state.get(member, 0)
+            for member, (revision, erased) in self.gallery.sync_state().items()
+            if revision > self._broker_state.get(member, 0) and not erased
         ]
-        for member in newer:
-            self._publish_member(member)
+        newer = [member for member in newer if self._publish_member(member)]
         self._synced.set()
         log.info(
             "store gallery caught up: %d members here, %d published to the store",
@@ -550,7 +698,8 @@ class Link:
         record["link"] = self.state
         record["outbox_depth"] = self.outbox.depth()
         payload = check_event("health", record)
-        self.outbox.put(self.topics.health, _json(payload), "health", retain=True)
+        signed = self._signer.sign(self.topics.health, payload)
+        self.outbox.put(self.topics.health, _json(signed), "health", retain=True)
         self._wake.set()
 
 

@@ -22,6 +22,14 @@ Uuid = Annotated[
 Timestamp = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")]
 VisitorCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}-[0-9]{2}$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# End-to-end signature fields (tillface.security.signing): which key signed, and the signature.
+KeyId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+Sig = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{86}==$")]
+KEY_ID_DOC = "which key signed: the first 16 hex digits of SHA-256 over the raw Ed25519 public key"
+SIG_DOC = (
+    "base64 Ed25519 signature over `tillface-sig/1\\n<topic>\\n` + the payload without `sig` as JSON "
+    "(sorted keys, compact separators, UTF-8); required by every receiver"
+)
 
 
 class Payload(BaseModel):
@@ -34,6 +42,39 @@ class Envelope(Payload):
     ts: Timestamp
     store: Id
     till: Id
+    key_id: KeyId | None = Field(default=None, description=KEY_ID_DOC)
+    sig: Sig | None = Field(default=None, description=SIG_DOC)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StatusMessage(Envelope):
+    """`online` when the unit connects; `offline` when it stops, or its last will when the broker loses
+    it. `session` is new for every connection: the will (signed when the connection is made) counts
+    only for the session of the newest `online`, so an old `offline` cannot be replayed."""
+
+    state: Literal["online", "offline"]
+    session: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+class TillKey(Payload):
+    key_id: KeyId
+    public_key: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}=$")] = Field(
+        description="the till's raw 32-byte Ed25519 public key, base64"
+    )
+
+
+class Roster(Payload):
+    """The store-signed list of the store's tills and their public keys (retained on
+    `<root>/<store>/gallery/tills`): a till trusts another till's member states through it."""
+
+    schema_: Literal[1] = Field(alias="schema", default=1)
+    event_id: Uuid
+    ts: Timestamp
+    store: Id
+    tills: dict[Id, TillKey]
+    key_id: KeyId | None = Field(default=None, description=KEY_ID_DOC)
+    sig: Sig | None = Field(default=None, description=SIG_DOC)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -135,6 +176,13 @@ EVENT_MODELS: dict[str, type[Envelope]] = {
 class Command(Payload):
     schema_: Literal[1] = Field(alias="schema", default=1)
     request_id: Id
+    # The store's signature envelope: required by the unit (refused without), checked after the fields.
+    event_id: Uuid | None = None
+    ts: Timestamp | None = None
+    store: Id | None = None
+    till: Id | None = None
+    key_id: KeyId | None = Field(default=None, description=KEY_ID_DOC)
+    sig: Sig | None = Field(default=None, description=SIG_DOC)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -187,6 +235,11 @@ _REQUEST_ID = re.compile(r'"request_id"\s*:\s*"([^"\\]{1,128})"')
 
 def parse_command(name: str, raw: bytes) -> Command:
     """Validate one command payload; raises CommandError with a reason naming the bad field."""
+    return read_command(name, raw)[0]
+
+
+def read_command(name: str, raw: bytes) -> tuple[Command, dict[str, Any]]:
+    """The validated command and the JSON object it came from (what its signature covers)."""
     model = COMMAND_MODELS.get(name)
     if model is None:
         raise CommandError(f"unknown command {name!r}; expected one of {', '.join(COMMAND_MODELS)}")
@@ -207,7 +260,7 @@ def parse_command(name: str, raw: bytes) -> Command:
     if isinstance(data.get("request_id"), str):
         request_id = data["request_id"][:128]
     try:
-        return model.model_validate(data)
+        return model.model_validate(data), data
     except ValidationError as exc:
         raise CommandError(describe_validation(exc), request_id) from None
 

@@ -21,10 +21,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import phonenumbers
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -34,9 +36,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..events import utc_now
-from ..link.gallery_sync import erase_state, member_topic
+from ..link.gallery_sync import erase_state, member_topic, roster_topic
 from ..link.schemas import (
     EVENT_MODELS,
+    Command,
     DisplayCommand,
     EnrollCommand,
     EnrolledEvent,
@@ -46,9 +49,14 @@ from ..link.schemas import (
     HealthEvent,
     LeftEvent,
     MatchEvent,
+    Roster,
+    StatusMessage,
+    TillKey,
     VisitorEvent,
     describe_validation,
 )
+from ..security import layout, signing
+from ..security.signing import SignatureError, Signer, check_addressed, verify
 from .config import StoreConfig
 from .db import (
     Consent,
@@ -67,6 +75,25 @@ from .db import (
 log = logging.getLogger("tillface.store")
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps events for the store server this long while it is away
 SEEN_RETENTION_S = 30 * 24 * 3600  # how long an event_id is remembered for de-duplication
+# A till's signed event may be this far ahead of the store's clock; it may be as old as the event_id
+# memory (SEEN_RETENTION_S: an outbox resends after a long outage), older ones are refused as stale.
+SIGNATURE_SKEW_S = 300.0
+ROSTER_CHECK_S = 10.0  # how often the keys folder is checked for a changed till roster
+KEYS_RESCAN_S = 5.0  # an unknown till's key is looked for again at most this often
+
+
+class StoreKeyError(ValueError):
+    """The store server's signing key is missing or unusable; the message names the file and the fix."""
+
+
+def load_store_signer(keys_dir: Path) -> Signer:
+    path = keys_dir / layout.STORE_SIGNING_KEY
+    try:
+        return Signer(signing.load_private_key(path))
+    except signing.KeyFileError as exc:
+        raise StoreKeyError(
+            f"keys.dir: {exc}; create the store's keys with `tillface store-admin provision-store`"
+        ) from None
 
 
 class StoreError(Exception):
@@ -88,6 +115,8 @@ class _Waiter:
 class TillState:
     status: str | None = None
     health: dict[str, Any] | None = None
+    session: str | None = None  # the connection session of the newest signed `online`
+    status_ts: float = float("-inf")
 
 
 def parse_ts(ts: str) -> datetime:
@@ -118,6 +147,12 @@ class StoreServer:
         self.store = config.store.id
         self.root = config.mqtt.root
         self.sessions = sessions or open_database(config.store.database_url)
+        self.keys_dir = config.keys.dir
+        self.signer = load_store_signer(self.keys_dir)
+        self._till_keys: dict[str, tuple[float, dict[str, Ed25519PublicKey]]] = {}  # till -> (mtime, keys)
+        self._keys_scanned = float("-inf")
+        self._roster: dict[str, TillKey] = {}
+        self.refused: list[str] = []  # reasons of refused messages (what the log says), newest last
         self.tills: dict[str, TillState] = {}
         self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._lock = threading.Lock()
@@ -177,6 +212,7 @@ class StoreServer:
             return
         base = f"{self.root}/{self.store}/+"
         client.subscribe([(f"{base}/event/#", 1), (f"{base}/health", 1), (f"{base}/status", 1)])
+        self.publish_roster(force=True)
         self.connected.set()
         log.info("store server %s subscribed on %s", self.store, base)
 
@@ -192,14 +228,84 @@ class StoreServer:
     def _cmd_topic(self, till: str, name: str) -> str:
         return f"{self.root}/{self.store}/{till}/cmd/{name}"
 
+    def _envelope(self, till: str | None) -> dict[str, Any]:
+        out = {"event_id": str(uuid.uuid4()), "ts": utc_now(), "store": self.store}
+        return out if till is None else {**out, "till": till}
+
+    def send_command(self, till: str, name: str, command: Command | dict[str, Any]) -> mqtt.MQTTMessageInfo:
+        """Publish a command to a till, signed by the store (envelope: event_id, ts, store, till)."""
+        body = command if isinstance(command, dict) else command.model_dump(by_alias=True, exclude_none=True)
+        topic = self._cmd_topic(till, name)
+        return self._publish(topic, self.signer.sign(topic, {**body, **self._envelope(till)}))
+
+    # ------------------------------------------------------------------ keys
+
+    def _scan_till_keys(self, force: bool = False) -> None:
+        """(Re)read `<keys dir>/tills/*.pub` (a provisioned, rotated or revoked till), at most every
+        KEYS_RESCAN_S unless forced."""
+        if not force and time.monotonic() - self._keys_scanned < KEYS_RESCAN_S:
+            return
+        self._keys_scanned = time.monotonic()
+        folder = self.keys_dir / layout.TILLS_DIR
+        found: dict[str, tuple[float, dict[str, Ed25519PublicKey]]] = {}
+        for path in sorted(folder.glob("*.pub")) if folder.is_dir() else []:
+            till = path.stem
+            mtime = path.stat().st_mtime
+            cached = self._till_keys.get(till)
+            if cached is not None and cached[0] == mtime:
+                found[till] = cached
+                continue
+            try:
+                public = signing.load_public_key(path)
+            except signing.KeyFileError as exc:
+                log.error("till %s: %s; its messages are refused until it is provisioned again", till, exc)
+                continue
+            found[till] = (mtime, {signing.key_id(public): public})
+        self._till_keys = found
+
+    def till_keys(self, till: str) -> dict[str, Ed25519PublicKey]:
+        entry = self._till_keys.get(till)
+        if entry is None:
+            self._scan_till_keys()
+            entry = self._till_keys.get(till)
+        return entry[1] if entry else {}
+
+    def publish_roster(self, force: bool = False) -> None:
+        """The store-signed, retained list of till keys on `<root>/<store>/gallery/tills`: how a till
+        knows which other till may publish a member's templates. Republished when it changes."""
+        self._scan_till_keys(force=True)
+        roster = {
+            till: TillKey(key_id=kid, public_key=signing.public_raw_b64(key))
+            for till, (_mtime, keys) in sorted(self._till_keys.items())
+            for kid, key in keys.items()
+        }
+        if roster == self._roster and not force:
+            return
+        self._roster = roster
+        topic = roster_topic(self.root, self.store)
+        body = Roster(
+            **self._envelope(None),
+            tills=roster,
+        ).model_dump(by_alias=True, exclude_none=True)
+        self._publish(topic, self.signer.sign(topic, body), retain=True)
+        log.info("till roster published: %d tills (%s)", len(roster), ", ".join(roster) or "none")
+
+    def _refuse(self, topic: str, reason: str) -> None:
+        log.warning("message on %s refused: %s", topic, reason)
+        self.refused.append(f"{topic}: {reason}")
+        del self.refused[:-200]
+
     # ------------------------------------------------------------------ incoming
 
     def _work(self) -> None:
-        next_prune = time.monotonic()
+        next_prune = next_roster = time.monotonic()
         while not self._stop.is_set():
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + 3600
                 self.prune_seen()
+            if self.connected.is_set() and time.monotonic() >= next_roster:
+                next_roster = time.monotonic() + ROSTER_CHECK_S
+                self.publish_roster()  # a till provisioned, rotated or revoked meanwhile
             try:
                 topic, payload, _retain = self._inbox.get(timeout=0.2)
             except queue.Empty:
@@ -223,22 +329,30 @@ class StoreServer:
         if len(parts) < 4 or parts[0] != self.root or parts[1] != self.store:
             return
         till = parts[2]
-        state = self.tills.setdefault(till, TillState())
+        if till == "gallery":
+            return
         if parts[3] == "status":
-            state.status = payload.decode(errors="replace")
+            self._status(topic, till, payload)
             return
         kind = "health" if parts[3] == "health" else parts[-1] if parts[3] == "event" else ""
         model = EVENT_MODELS.get(kind)
         if model is None:
             return
         try:
-            event = model.model_validate_json(payload)
+            data = json.loads(payload)
+            event = model.model_validate(data)
         except ValidationError as exc:
             log.error("event on %s ignored: %s", topic, describe_validation(exc))
             return
-        if event.till != till or event.store != self.store:
-            log.error("event on %s ignored: it names till %s of store %s", topic, event.till, event.store)
+        except (ValueError, RecursionError) as exc:
+            log.error("event on %s ignored: not JSON (%s)", topic, exc)
             return
+        try:
+            self._authenticate(topic, till, data)
+        except SignatureError as exc:
+            self._refuse(topic, exc.reason)
+            return
+        state = self.tills.setdefault(till, TillState())
         if isinstance(event, HealthEvent):
             state.health = event.model_dump(by_alias=True)
             return
@@ -256,6 +370,41 @@ class StoreServer:
         for action in after:
             action()
 
+    def _authenticate(self, topic: str, till: str, data: dict[str, Any]) -> None:
+        """Signed by this till's registered key, addressed to this store and till, and fresh (the
+        event_id de-duplication is the database's SeenEvent)."""
+        verify(topic, data, self.till_keys(till), f"till {till} (<keys dir>/tills/{till}.pub)")
+        check_addressed(data, self.store, till)
+        signing.check_fresh(data, SIGNATURE_SKEW_S, SEEN_RETENTION_S)
+
+    def _status(self, topic: str, till: str, payload: bytes) -> None:
+        """Only a till's signed status counts. `online` must be newer than the last one accepted; an
+        `offline` (the last will, signed when its connection was made) only for the session of the
+        newest `online`, so neither a forged nor a replayed status stalls erasures or blocks enrolment."""
+        try:
+            data = json.loads(payload)
+            status = StatusMessage.model_validate(data)
+        except (ValueError, RecursionError, ValidationError):
+            self._refuse(topic, f"status {payload[:40]!r} is not a signed status message")
+            return
+        try:
+            verify(topic, data, self.till_keys(till), f"till {till} (<keys dir>/tills/{till}.pub)")
+            check_addressed(data, self.store, till)
+            sent = signing.parse_ts(status.ts)
+        except SignatureError as exc:
+            self._refuse(topic, exc.reason)
+            return
+        state = self.tills.setdefault(till, TillState())
+        if status.state == "online":
+            if sent <= state.status_ts:
+                self._refuse(topic, f"replayed: online of {status.ts} is not newer than the last status")
+                return
+            state.session, state.status_ts = status.session, sent
+        elif state.session not in (None, status.session):
+            self._refuse(topic, f"replayed: offline of session {status.session}, not the current one")
+            return
+        state.status = status.state
+
     def _record(self, session: Session, event: Envelope, after: list[Any]) -> None:
         if isinstance(event, MatchEvent):
             received = time.monotonic()
@@ -266,7 +415,7 @@ class StoreServer:
             if display is not None:  # sent once the visit is committed: a receipt for it can follow at once
 
                 def show() -> None:
-                    self._publish(self._cmd_topic(event.till, "display"), display)
+                    self.send_command(event.till, "display", display)
                     self.display_latency_ms.append((time.monotonic() - received) * 1000)
 
                 after.append(show)
@@ -405,7 +554,7 @@ class StoreServer:
             command = EnrollCommand(
                 request_id=request_id, visitor_code=visitor_code, member_id=member_id, consent_ref=consent_ref
             )
-            self._publish(self._cmd_topic(till, "enroll"), command.model_dump(by_alias=True))
+            self.send_command(till, "enroll", command)
             answered = waiter.done.wait(self.config.store.enroll_timeout_s)
         finally:
             with self._lock:
@@ -541,10 +690,8 @@ class StoreServer:
 
     def _publish_tombstone(self, member_id: str) -> None:
         state = erase_state(self.store, member_id, int(time.time() * 1000), "store", utc_now())
-        info = self._publish(
-            member_topic(self.root, self.store, member_id),
-            state.model_dump_json(by_alias=True).encode(),
-            retain=True,
-        )
+        topic = member_topic(self.root, self.store, member_id)
+        body = self.signer.sign(topic, state.model_dump(by_alias=True, exclude_none=True))
+        info = self._publish(topic, body, retain=True)
         if self.connected.is_set():
             info.wait_for_publish(timeout=5)
