@@ -8,6 +8,7 @@ key does not start; the audit is append-only and names who did what.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import signal
@@ -29,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 
 from mosquitto import free_port
 from mqtt_peer import Peer
+from signing_keys import StoreKeys
 from store_clients import Clients, bearer
 from tillface.events import utc_now
 from tillface.link.schemas import EnrollCommand, EnrolledEvent, VisitorEvent
@@ -80,7 +82,7 @@ def show_visitor(till: Peer, code: str, visit_id: str) -> None:
         quality=0.8,
         enroll_until=until.replace("+00:00", "Z"),
     )
-    till.send(f"tillface/{STORE}/t1/event/visitor", wire(event))
+    till.send(f"tillface/{STORE}/t1/event/visitor", json.loads(wire(event)))  # signed as t1
 
 
 def config_for(tmp_path: Path, port: int, **http: Any):
@@ -100,6 +102,14 @@ def config_for(tmp_path: Path, port: int, **http: Any):
     )
 
 
+@pytest.fixture(autouse=True)
+def t1_signer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The store's keys folder (`store-keys`, the default [keys] dir, in the test's working directory)
+    with till t1 provisioned: the fake till signs its events as t1 would."""
+    monkeypatch.chdir(tmp_path)
+    return StoreKeys(tmp_path / "store-keys").provision("t1", tmp_path / "tills" / "t1")
+
+
 @pytest.fixture
 def server(tmp_path: Path, broker):
     srv = StoreServer(config_for(tmp_path, broker.port))
@@ -110,8 +120,8 @@ def server(tmp_path: Path, broker):
 
 
 @pytest.fixture
-def till(broker):
-    peer = Peer(broker.port, [f"tillface/{STORE}/#"], client_id="fake-till")
+def till(broker, t1_signer):
+    peer = Peer(broker.port, [f"tillface/{STORE}/#"], client_id="fake-till", signer=t1_signer)
     yield peer
     peer.close()
 
@@ -134,7 +144,7 @@ def enrol(c: Clients, till: Peer, code: str, visit_id: str, phone: str) -> dict[
             gallery_version=2,
             visit_id=visit_id,
         )
-        till.send(f"tillface/{STORE}/t1/event/enrolled", wire(enrolled))
+        till.send(f"tillface/{STORE}/t1/event/enrolled", json.loads(wire(enrolled)))
 
     answering = threading.Thread(target=answer)
     answering.start()
@@ -385,3 +395,34 @@ def test_the_api_over_tls(tmp_path, broker):
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
     assert b"Traceback" not in err, err.decode()
+
+
+def test_a_store_without_its_signing_key_refuses_to_start_in_one_line(tmp_path):
+    """No traceback: exit 78 and one line naming the missing file and the command that makes it."""
+    empty = tmp_path / "no-keys"
+    empty.mkdir()
+    store_toml = tmp_path / "store.toml"
+    store_toml.write_text(
+        f'[store]\ndatabase_url = "sqlite:///{tmp_path / "s.db"}"\n[keys]\ndir = "{empty}"\n',
+        encoding="utf-8",
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tillface",
+            "store",
+            "--config",
+            str(store_toml),
+            "--http-port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 78, out.stderr
+    # Above it only the INFO log of the database migrations.
+    problems = [line for line in out.stderr.splitlines() if line.strip() and " INFO " not in line]
+    assert len(problems) == 1 and "store-signing.key" in problems[0], out.stderr
+    assert "tillface store-admin provision-store" in problems[0] and "Traceback" not in out.stderr

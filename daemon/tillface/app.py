@@ -26,7 +26,7 @@ from .events import JsonlSink, decision_wait_ms, event_record, latency_ms, log_d
 from .link.mqtt import Link
 from .link.schemas import DisplayCommand
 from .recognition.enrolment import EnrolmentCache
-from .recognition.gallery import GalleryError, GalleryStore, load_key, read_key_file
+from .recognition.gallery import GalleryError, GalleryStore, load_key, read_credential_key, read_key_file
 from .recognition.session import CustomerSession, Look, SessionRules
 from .recognition.tracker import Track
 from .recognition.visitor_codes import VisitorCodes
@@ -52,14 +52,19 @@ def open_gallery(config: Config, config_path: Path | None) -> GalleryStore:
 
 
 def wire_key(config: Config, config_path: Path | None) -> bytes:
-    """The store key for templates on the wire: `mqtt.gallery_key_file`, else the gallery key."""
+    """The store key for templates on the wire: the credential `mqtt.gallery_key_credential`, else
+    `mqtt.gallery_key_file`, else the gallery key (a till on its own)."""
+    m = config.mqtt
     try:
-        if config.mqtt.gallery_key_file is not None:
-            return read_key_file(config.mqtt.gallery_key_file)
+        key = read_credential_key(m.gallery_key_credential)
+        if key is not None:
+            return key
+        if m.gallery_key_file is not None:
+            return read_key_file(m.gallery_key_file)
         return load_key(config.gallery.key_file, config.gallery.key_credential)
     except GalleryError as exc:
-        key = "mqtt.gallery_key_file" if config.mqtt.gallery_key_file else "gallery.key_file"
-        raise ConfigError(f"{config_path or 'config'}: {key}: {exc}") from None
+        key_name = "mqtt.gallery_key_file" if m.gallery_key_file else "gallery.key_file"
+        raise ConfigError(f"{config_path or 'config'}: {key_name}: {exc}") from None
 
 
 def cpu_temperature() -> float | None:

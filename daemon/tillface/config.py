@@ -476,9 +476,15 @@ class MqttConfig(Section):
         le=300,
         description="after a (re)connect, hold decisions at most this long for the store gallery to catch up",
     )
+    gallery_key_credential: str = Field(
+        default="store-gallery.key",
+        pattern=r"^[A-Za-z0-9_.-]{1,255}$",
+        description="systemd credential holding the store key for templates on the wire (tried first)",
+    )
     gallery_key_file: PathValue | None = Field(
         default=None,
-        description="store key for templates on the wire; unset = the gallery key ([gallery] key_file)",
+        description="store key for templates on the wire when there is no credential; "
+        "unset = the gallery key ([gallery] key_file)",
     )
     signing_key_credential: str = Field(
         default="till-signing.key",

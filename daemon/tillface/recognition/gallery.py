@@ -146,17 +146,25 @@ def load_key(
     `credentials_dir` defaults to `$CREDENTIALS_DIRECTORY` (set by systemd for LoadCredential=).
     systemd already restricts the credentials folder to the service, so its mode is not checked.
     """
+    key = read_credential_key(credential, credentials_dir) if credential else None
+    return key if key is not None else read_key_file(key_file)
+
+
+def read_credential_key(credential: str, credentials_dir: str | Path | None = None) -> bytes | None:
+    """A 32-byte key from the systemd credential `credential`, or None when there is no such credential
+    (`credentials_dir` defaults to `$CREDENTIALS_DIRECTORY`)."""
     folder = credentials_dir if credentials_dir is not None else os.environ.get("CREDENTIALS_DIRECTORY")
-    if credential and folder:
-        cred = Path(folder) / credential
-        if cred.is_file():
-            try:
-                data = cred.read_bytes()
-            except OSError as exc:
-                raise GalleryError(f"cannot read systemd credential {cred}: {exc.strerror}") from None
-            log.info("gallery key from systemd credential %s", credential)
-            return _decode_key(data, f"systemd credential {cred}")
-    return read_key_file(key_file)
+    if not folder:
+        return None
+    cred = Path(folder) / credential
+    if not cred.is_file():
+        return None
+    try:
+        data = cred.read_bytes()
+    except OSError as exc:
+        raise GalleryError(f"cannot read systemd credential {cred}: {exc.strerror}") from None
+    log.info("key from systemd credential %s", credential)
+    return _decode_key(data, f"systemd credential {cred}")
 
 
 def create_key_file(path: str | Path) -> None:

@@ -33,7 +33,7 @@ from ..link.schemas import Id, VisitorCode
 from . import audit
 from .auth import CASHIER, MANAGER, TILL_POS, BadKey, Principal, active_keys, authenticate
 from .config import StoreConfig
-from .service import StoreError, StoreServer
+from .service import StoreError, StoreKeyError, StoreServer
 
 log = logging.getLogger("tillface.store.api")
 
@@ -424,6 +424,9 @@ def serve(config: StoreConfig) -> int:
     except (SQLAlchemyError, ImportError) as exc:
         print(f"store.database_url: cannot open {config.store.database_url}: {exc}", file=sys.stderr)
         return 1
+    except StoreKeyError as exc:
+        print(f"tillface store: {exc}", file=sys.stderr)
+        return 78
     problem = start_problem(config, lambda: active_keys(server.sessions))
     if problem is not None:
         print(f"tillface store: {problem}", file=sys.stderr)
