@@ -99,6 +99,11 @@ def test_outbox_keeps_events_while_the_broker_is_away(faces_dir, tmp_path, broke
     assert daemon.run() == 0
     written = [json.loads(line) for line in events_path.read_text().splitlines()]
     assert written
+    # Never caught up with the store: a member erased meanwhile could still be in this gallery, so no
+    # match is published (the members' visits end undecided), while strangers still get visitor codes.
+    assert [e["event"] for e in written if e["event"] == "match"] == []
+    assert any(e["event"] == "visitor" for e in written)
+    assert daemon.health()["matches_withheld"] >= 1
     from tillface.link.outbox import Outbox
 
     box = Outbox(config.mqtt.outbox_file)
@@ -117,6 +122,9 @@ def test_outbox_keeps_events_while_the_broker_is_away(faces_dir, tmp_path, broke
     got = list(dict.fromkeys(m.json()["event_id"] for m in peer.messages))
     assert got[: len(ids)] == ids
     peer.close()
+    # Caught up on a live connection, the same members are matched.
+    second = [json.loads(line) for line in (tmp_path / "events2.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "match" for e in second)
 
 
 def bad_commands() -> list[tuple[str, bytes, str]]:

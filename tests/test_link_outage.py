@@ -40,7 +40,12 @@ def test_broker_outage_then_sigkill_then_restart_loses_nothing(faces_dir, tmp_pa
     for i in range(45 * 15):  # an empty shop after the visits keeps the daemon up to be killed
         os.link(frames[-1], scenario.replay_dir / f"{len(frames) + i:06d}.jpg")
     state = tmp_path / "state"
-    extra = f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_backoff_s = [0.5, 2.0]\n'
+    # This test is about the outbox across an outage, so matches go on while the broker is away (an
+    # installer's choice, [mqtt] unconfirmed_match_s; by default they are withheld: test_link_mqtt.py).
+    extra = (
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_backoff_s = [0.5, 2.0]\n'
+        "unconfirmed_match_s = 3600\n"
+    )
     cfg = write_config(tmp_path / "till.toml", state, f"replay:{scenario.replay_dir}", extra=extra)
     config = load_config(cfg)
     state.mkdir()

@@ -224,3 +224,40 @@ def test_a_visit_with_no_good_frame_fuses_all_its_frames_equally(setup):
     manager.add(visit, near(anna, rng), weight=0.9, good=True)  # one good frame: weights count again
     fused, _quality = visit.fused(RULES.fuse_best_n)
     assert not np.allclose(fused, mean / np.linalg.norm(mean), atol=1e-3)
+
+
+def test_no_match_is_published_while_the_gallery_is_unconfirmed(setup):
+    """A till that cannot confirm its gallery is current (offline, catching up) may still hold a member
+    erased meanwhile: her visit waits undecided (no visitor code either), and is matched as soon as the
+    gallery is confirmed again; a visit that ends first ends with no decision at all."""
+    _manager, events, anna, _bob, rng, enrol, _clock = setup
+    confirmed = [False]
+    manager = VisitManager(
+        RULES,
+        lambda: Matcher(anna[None, :], ["anna"]),
+        lambda: 7,
+        VisitorCodes(),
+        enrol,
+        "m1",
+        events.append,
+        matches_confirmed=lambda: confirmed[0],
+    )
+    frames = Frames(manager, 1)
+    for i in range(6):
+        visit = frames.visit(i / 15)
+        manager.add(visit, near(anna, rng), 0.8)
+        manager.step(visit, i / 15)
+    assert events == [] and manager.matches_withheld == 1
+    confirmed[0] = True
+    manager.step(visit, 6 / 15)
+    assert [e.event for e in events] == ["match"] and events[0].payload["member_id"] == "anna"
+    manager.end(1.0)
+    events.clear()
+    confirmed[0] = False
+    frames = Frames(manager, 2)
+    for i in range(4):
+        visit = frames.visit(2 + i / 15)
+        manager.add(visit, near(anna, rng), 0.8)
+        manager.step(visit, 2 + i / 15)
+    manager.end(3.0)
+    assert events == [] and manager.matches_withheld == 2

@@ -200,6 +200,7 @@ class Daemon:
             enrolments=self.enrolments,
             model_id=config.vision.embedder,
             emit=self._on_event,
+            matches_confirmed=lambda: self.link is None or self.link.gallery_confirmed(),
         )
         self.session = CustomerSession(session_rules(config), visits)
         self.link = (
@@ -440,6 +441,7 @@ class Daemon:
             "gallery_templates": stats["templates"],
             "models": sorted(self.pipeline.model_ids.values()),
             "outbox_depth": self.link.outbox.depth() if self.link else 0,
+            "matches_withheld": self.session.visits.matches_withheld,
             "cpu_temp_c": cpu_temperature(),
             **self._runtime_health,
         }

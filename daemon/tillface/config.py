@@ -476,6 +476,13 @@ class MqttConfig(Section):
         le=300,
         description="after a (re)connect, hold decisions at most this long for the store gallery to catch up",
     )
+    unconfirmed_match_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="how long after losing the store (offline, or catching up) matches may still be "
+        "published; 0 = none until caught up again (an erased member is never recognised)",
+    )
     gallery_key_credential: str = Field(
         default="store-gallery.key",
         pattern=r"^[A-Za-z0-9_.-]{1,255}$",

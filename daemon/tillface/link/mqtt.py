@@ -258,6 +258,7 @@ class Link:
         self._busy_topics: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._connected = threading.Event()
         self._synced = threading.Event()
+        self._lost_sync_at: float | None = None  # when the gallery stopped being confirmed current
         self._hold_until = clock() + m.sync_timeout_s
         self._marker = ""
         self._broker_state: dict[str, int] = {}  # member -> newest revision seen on the broker
@@ -350,6 +351,20 @@ class Link:
         """False while a fresh connection is still catching up on the store gallery (bounded wait)."""
         return self._synced.is_set() or self._clock() >= self._hold_until
 
+    def gallery_confirmed(self) -> bool:
+        """Whether this till's gallery is known to be current with the store's: caught up on a live
+        connection, or lost it at most `[mqtt] unconfirmed_match_s` ago. A member erased while it was not
+        may still be here, so the visits publish no match while this is False (issue: erasure wins)."""
+        if self._synced.is_set():
+            return True
+        lost = self._lost_sync_at
+        return lost is not None and self._clock() - lost <= self.config.mqtt.unconfirmed_match_s
+
+    def _unsync(self) -> None:
+        if self._synced.is_set():
+            self._lost_sync_at = self._clock()
+        self._synced.clear()
+
     # ------------------------------------------------------------------ sending
 
     def publish_event(self, record: dict[str, Any]) -> None:
@@ -433,7 +448,7 @@ class Link:
         self.stats.connects += 1
         # We resend from the outbox ourselves; paho's copies would only duplicate them.
         client.drop_out_messages()
-        self._synced.clear()
+        self._unsync()
         self._hold_until = self._clock() + self.config.mqtt.sync_timeout_s
         self._marker = uuid.uuid4().hex
         # The roster first: the till keys that vouch for the member states after it.
@@ -456,7 +471,7 @@ class Link:
         self._arm_will(client)  # the next connection gets its own session and will
         was = self._connected.is_set()
         self._connected.clear()
-        self._synced.clear()
+        self._unsync()
         if was and not self._stop.is_set():
             log.warning(
                 "MQTT disconnected (%s); reconnecting with back-off, events wait in the outbox", reason
@@ -697,6 +712,7 @@ class Link:
         record = {"event": "health", **self._envelope(), **self.services.health()}
         record["link"] = self.state
         record["outbox_depth"] = self.outbox.depth()
+        record["gallery_confirmed"] = self.gallery_confirmed()
         payload = check_event("health", record)
         signed = self._signer.sign(self.topics.health, payload)
         self.outbox.put(self.topics.health, _json(signed), "health", retain=True)

@@ -144,6 +144,16 @@ class HealthEvent(Envelope):
     gallery_templates: int = Field(ge=0)
     models: list[str]
     outbox_depth: int = Field(ge=0)
+    gallery_confirmed: bool | None = Field(
+        default=None,
+        description="the gallery is known current with the store's (caught up on a live connection); "
+        "false: matches are withheld, since a member erased meanwhile may still be in it",
+    )
+    matches_withheld: int | None = Field(
+        default=None,
+        ge=0,
+        description="visits whose match was withheld because the gallery was not confirmed",
+    )
     cpu_temp_c: float | None = None
     # What the models run on: vision.runtime.runtime_health.
     runtime: Text | None = Field(

@@ -76,6 +76,7 @@ class Visit:
     upgraded: bool = False
     fused_quality_at_decision: float = 0.0
     visitor_code: str | None = None
+    withheld: bool = False  # a match was withheld because the gallery was not confirmed current
 
     def best(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(self.weights)[::-1][:n]
@@ -111,6 +112,7 @@ class VisitManager:
         model_id: str,
         emit: Callable[[VisitEvent], None],
         wall_clock: Callable[[], float] = time.time,
+        matches_confirmed: Callable[[], bool] = lambda: True,
     ) -> None:
         self.rules = rules
         self._matcher = matcher
@@ -120,6 +122,10 @@ class VisitManager:
         self._model_id = model_id
         self._emit = emit
         self._wall = wall_clock
+        # Whether the gallery is confirmed current (the link: caught up with the store, or a till on
+        # its own). A member may have been erased while it was not: no match is published then.
+        self._matches_confirmed = matches_confirmed
+        self.matches_withheld = 0
         # One customer at the till at a time: the open visit, if any.
         self.active: Visit | None = None
 
@@ -181,7 +187,7 @@ class VisitManager:
                 return
             decision = self._matcher().decide(fused, self.rules.match_threshold, self.rules.margin)
             visit.fused_quality_at_decision = quality
-            if decision.kind == "match":
+            if decision.kind == "match" and self._matches_confirmed():
                 visit.upgraded = True
                 self._publish_match(visit, decision, ts, quality, upgrade=True)
                 visit.decision, visit.decided_kind = decision, "match"
@@ -189,6 +195,18 @@ class VisitManager:
     def _decide(self, visit: Visit, ts: float) -> None:
         fused, quality = visit.fused(self.rules.fuse_best_n)
         decision = self._matcher().decide(fused, self.rules.match_threshold, self.rules.margin)
+        if decision.kind == "match" and not self._matches_confirmed():
+            # The visit stays undecided: it is decided when the gallery is confirmed again, or ends
+            # without a decision (never a visitor code for a face that matched a member).
+            if not visit.withheld:
+                visit.withheld = True
+                self.matches_withheld += 1
+                log.warning(
+                    "visit %s: match withheld, the gallery is not confirmed current with the store "
+                    "(link offline or catching up; see health gallery_confirmed)",
+                    visit.id,
+                )
+            return
         visit.decision, visit.decided_kind = decision, decision.kind
         visit.fused_quality_at_decision = quality
         if decision.kind == "match":
