@@ -223,3 +223,55 @@ def postgres():
 def test_store_story_end_to_end_postgresql(tmp_path, broker, photo, postgres):
     run_story(tmp_path, broker, photo, postgres)
     assert schema_drift(postgres) == []  # the Alembic migrations build exactly the models here too
+
+
+def test_a_member_imported_at_a_till_is_erased_store_wide(tmp_path, broker, photo):
+    """`tillface gallery import --consent-ref` at till A: the store learns the member from her signed
+    state in the store gallery (with the consent reference), and the manager's DELETE /members erases
+    her at every till, audited with that reference."""
+    import sys
+
+    key = tmp_path / "store.key"
+    create_key_file(key)
+    tills = {t: Till(tmp_path, t, broker.port, key) for t in ("ta", "tb")}
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,identity\n{photo.name},imported-0007\n", encoding="utf-8")
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "tillface", "gallery", "import", "--config", str(tills["ta"].cfg)),
+            *("--images", str(photo.parent), "--labels", str(labels), "--consent-ref", "paper-form-7"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0 and "imported 1 photos" in out.stdout, out.stdout + out.stderr
+    server = StoreServer(store_config(tmp_path, broker.port, f"sqlite:///{tmp_path / 'store.db'}"))
+    server.start()
+    c = Clients(server)
+    peer = Peer(broker.port, [f"tillface/{STORE}/#"], client_id="observer")
+    try:
+        for t in tills.values():
+            t.start()
+        peer.wait_for(lambda ms: all(health_members(peer, t) == 1 for t in tills), timeout=60)
+        deadline = time.monotonic() + 5
+        while "imported-0007" not in server.gallery_members:
+            assert time.monotonic() < deadline, f"the store never saw her state; refused: {server.refused}"
+            time.sleep(0.05)
+        assert server.gallery_members["imported-0007"] == ("ta", "paper-form-7")
+        assert c.desk.delete("/members/imported-0007").status_code == 403  # a cashier may not erase
+        assert c.boss.delete("/members/nobody-here").status_code == 404
+        r = c.boss.delete("/members/imported-0007")
+        assert r.status_code == 200, r.text
+        assert r.json()["erased"] and r.json()["acknowledged"] == ["ta", "tb"], r.json()
+        peer.wait_for(lambda ms: all(health_members(peer, t) == 0 for t in tills), timeout=10)
+        trail = audited(c, "imported-0007")
+        assert [(e["action"], e["role"]) for e in trail] == [("erase", "manager")], trail
+        assert "paper-form-7" in trail[0]["detail"] and "till ta" in trail[0]["detail"]
+        assert "imported-0007" not in server.gallery_members
+    finally:
+        for t in tills.values():
+            t.stop()
+        peer.close()
+        server.stop()

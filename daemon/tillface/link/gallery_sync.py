@@ -52,6 +52,9 @@ class MemberState(Payload):
     ts: Timestamp
     erased: bool
     templates: EncryptedTemplates | None = None
+    # Where the customer's consent is recorded, for a member imported at a till (`tillface gallery
+    # import --consent-ref`); members enrolled through the store have theirs in the store's database.
+    consent_ref: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     # Signed end to end: a tombstone by the store server, templates by their `origin` till.
     key_id: KeyId | None = Field(default=None, description=KEY_ID_DOC)
     sig: Sig | None = Field(default=None, description=SIG_DOC)
@@ -148,7 +151,14 @@ def state_of(
         gallery.embedder,
     )
     return MemberState(
-        store=store, member_id=member_id, revision=revision, origin=origin, ts=ts, erased=False, templates=enc
+        store=store,
+        member_id=member_id,
+        revision=revision,
+        origin=origin,
+        ts=ts,
+        erased=False,
+        templates=enc,
+        consent_ref=gallery.consent_of(member_id),
     )
 
 

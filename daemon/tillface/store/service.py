@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..events import utc_now
-from ..link.gallery_sync import erase_state, member_topic, roster_topic
+from ..link.gallery_sync import MemberState, erase_state, member_topic, roster_topic
 from ..link.schemas import (
     EVENT_MODELS,
     Command,
@@ -57,6 +57,7 @@ from ..link.schemas import (
 )
 from ..security import layout, signing
 from ..security.signing import SignatureError, Signer, check_addressed, verify
+from . import audit
 from .config import StoreConfig
 from .db import (
     Consent,
@@ -158,6 +159,10 @@ class StoreServer:
         self._lock = threading.Lock()
         self._enroll_waiters: dict[str, _Waiter] = {}
         self._erase_waiters: dict[str, tuple[threading.Condition, set[str]]] = {}
+        # Members the store gallery holds that this database may not know (imported at a till with a
+        # consent reference): member id -> (origin till, consent reference), from the signed,
+        # retained member states. An erase reaches them too.
+        self.gallery_members: dict[str, tuple[str, str | None]] = {}
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.display_latency_ms: list[float] = []
@@ -211,7 +216,15 @@ class StoreServer:
             log.error("broker refused the store server: %s", reason)
             return
         base = f"{self.root}/{self.store}/+"
-        client.subscribe([(f"{base}/event/#", 1), (f"{base}/health", 1), (f"{base}/status", 1)])
+        client.subscribe(
+            [
+                (f"{base}/event/#", 1),
+                (f"{base}/health", 1),
+                (f"{base}/status", 1),
+                # Which members the store gallery holds (some imported at a till): an erase reaches them.
+                (member_topic(self.root, self.store, "+"), 1),
+            ]
+        )
         self.publish_roster(force=True)
         self.connected.set()
         log.info("store server %s subscribed on %s", self.store, base)
@@ -330,6 +343,8 @@ class StoreServer:
             return
         till = parts[2]
         if till == "gallery":
+            if len(parts) == 5 and parts[3] == "members":
+                self._member_state(topic, parts[4], payload)
             return
         if parts[3] == "status":
             self._status(topic, till, payload)
@@ -376,6 +391,31 @@ class StoreServer:
         verify(topic, data, self.till_keys(till), f"till {till} (<keys dir>/tills/{till}.pub)")
         check_addressed(data, self.store, till)
         signing.check_fresh(data, SIGNATURE_SKEW_S, SEEN_RETENTION_S)
+
+    def _member_state(self, topic: str, member_id: str, payload: bytes) -> None:
+        """Note which members the store gallery holds: templates signed by their origin till, or the
+        store's own tombstone (anything else is refused, as the tills refuse it)."""
+        if not payload:
+            return  # a cleared retained message
+        try:
+            data = json.loads(payload)
+            state = MemberState.model_validate(data)
+            if state.member_id != member_id or state.store != self.store:
+                raise SignatureError("misaddressed: the state names another member or store")
+            if state.erased:
+                verify(topic, data, {self.signer.key_id: self.signer.public_key}, "the store server")
+            else:
+                verify(topic, data, self.till_keys(state.origin), f"till {state.origin}")
+        except (ValueError, ValidationError) as exc:
+            reason = f"member state on {topic} ignored: {exc}"
+            log.warning("%s", reason)
+            self.refused.append(reason)
+            return
+        with self._lock:
+            if state.erased:
+                self.gallery_members.pop(member_id, None)
+            else:
+                self.gallery_members[member_id] = (state.origin, state.consent_ref)
 
     def _status(self, topic: str, till: str, payload: bytes) -> None:
         """Only a till's signed status counts. `online` must be newer than the last one accepted; an
@@ -660,11 +700,38 @@ class StoreServer:
         with self.sessions() as session:
             member = session.get(Member, member_id)
             if member is None:
-                raise StoreError(404, f"member {member_id} not found")
+                with self._lock:
+                    imported = self.gallery_members.get(member_id)
+                if imported is None:
+                    raise StoreError(404, f"member {member_id} not found")
+                # Imported at a till: not in this database, but in the store gallery.
+                origin, consent_ref = imported
+                audit.record(
+                    session,
+                    audit.current_actor(),
+                    audit.ERASE,
+                    member_id=member_id,
+                    detail=f"imported at till {origin}, consent {consent_ref or 'unknown'}",
+                )
+                session.commit()
+                member_in_db = False
+            else:
+                member_in_db = True
+        if member_in_db:
+            self._erase_from_database(member_id)
+        return self._erase_everywhere(member_id)
+
+    def _erase_from_database(self, member_id: str) -> None:
+        with self.sessions() as session:
+            member = session.get(Member, member_id)
+            if member is None:
+                return
             session.execute(update(Receipt).where(Receipt.member_id == member_id).values(member_id=None))
             session.execute(update(Visit).where(Visit.member_id == member_id).values(member_id=None))
             session.delete(member)  # consents go with it
             session.commit()
+
+    def _erase_everywhere(self, member_id: str) -> dict[str, Any]:
         cond = threading.Condition()
         acked: set[str] = set()
         with self._lock:
