@@ -20,6 +20,8 @@
 #   /var/lib/tillface/  the state folder (gallery), 0700, owned by tillface
 #   user tillface       system user (systemd-sysusers), in groups video (camera) and dialout (display)
 #   /etc/systemd/system/tillface.service   the unit, enabled (and started when systemd runs)
+#   /etc/systemd/journald@tillface.conf    the retention of tillface's own journal (LogNamespace=):
+#                       installed once, kept when edited; removed by --purge
 #
 # Idempotent: a second run changes nothing and says so. Options:
 #   --root DIR     install into DIR as if it were / (also TILLFACE_ROOT=DIR): for tests and staging. No
@@ -88,6 +90,7 @@ CRED_DIR=$ETC/credentials
 KEY=$CRED_DIR/gallery.key
 STATE=/var/lib/tillface
 UNIT=/etc/systemd/system/tillface.service
+JOURNALD=/etc/systemd/journald@tillface.conf
 WRAPPER=/usr/local/bin/tillface
 SYSUSERS=/etc/sysusers.d/tillface.conf
 # A till's credentials bundle (tillface.security.layout): the files the service gets as credentials.
@@ -179,10 +182,12 @@ uninstall() {
         changed "removed $path"
       fi
     done
-    if [[ -e "$R$SYSUSERS" ]]; then
-      rm -f "$R$SYSUSERS"
-      changed "removed $SYSUSERS"
-    fi
+    for path in "$SYSUSERS" "$JOURNALD"; do
+      if [[ -e "$R$path" ]]; then
+        rm -f "$R$path"
+        changed "removed $path"
+      fi
+    done
     local prefix=()
     [[ "$ROOT" != / ]] && prefix=(--prefix "$ROOT")
     if [[ -n "$(service_ids)" ]]; then
@@ -546,6 +551,13 @@ if install_file "$REPO/systemd/tillface.service" "$R$UNIT" 644 0:0; then
   unit_changed=1
   restart_needed=1
 fi
+# The journal's retention bounds how long member ids in decision lines are kept: the installer's edits win.
+if [[ -f "$R$JOURNALD" ]]; then
+  ok "$JOURNALD (kept as it is)"
+else
+  install_file "$REPO/systemd/journald@tillface.conf" "$R$JOURNALD" 644 0:0
+  changed "$JOURNALD (tillface's journal kept $(sed -n 's/^MaxRetentionSec=//p' "$R$JOURNALD"))"
+fi
 # The bundle's files in the credentials folder (the broker password may also be put there by hand)
 # reach the service as credentials of the same names, through a drop-in: systemd refuses to start a
 # unit whose credential file is missing, so the shipped unit cannot name them. root:root 0600: only
@@ -601,7 +613,7 @@ if ((systemd_running)); then
       fi
     else
       systemctl start tillface.service ||
-        die "tillface.service did not start: see systemctl status tillface; journalctl -u tillface"
+        die "tillface.service did not start: see systemctl status tillface; journalctl --namespace=tillface -u tillface"
       changed "tillface.service started"
     fi
   fi
@@ -629,5 +641,5 @@ Next: set [unit] store_id and till_id in $CONFIG, then
   sudo systemctl stop tillface            # the doctor and the monitor need the camera
   sudo tillface doctor --config $CONFIG
   sudo tillface monitor --config $CONFIG
-  sudo systemctl start tillface; journalctl -u tillface -f
+  sudo systemctl start tillface; journalctl --namespace=tillface -u tillface -f
 EOF

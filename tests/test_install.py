@@ -147,6 +147,10 @@ def test_first_run_installs_every_part(installed):
 
     unit = root / "etc/systemd/system/tillface.service"
     assert unit.read_bytes() == (root.parent / "checkout/systemd/tillface.service").read_bytes()
+    journald = root / "etc/systemd/journald@tillface.conf"
+    assert journald.read_bytes() == (root.parent / "checkout/systemd/journald@tillface.conf").read_bytes()
+    assert mode_owner(journald) == (0o644, 0, 0)
+    assert "tillface's journal kept 7day" in first.stdout
     wants = root / "etc/systemd/system/multi-user.target.wants/tillface.service"
     assert os.readlink(wants) == "/etc/systemd/system/tillface.service"
     assert "LoadCredential=gallery.key:/etc/tillface/credentials/gallery.key" in unit.read_text()
@@ -414,6 +418,7 @@ def test_uninstall_keeps_the_gallery_and_purge_removes_everything(installed):
 
     out = install(root, "--purge")
     assert not (root / "etc/tillface").exists() and not (root / "var/lib/tillface").exists()
+    assert not (root / "etc/systemd/journald@tillface.conf").exists()
     assert not (root / "etc/sysusers.d/tillface.conf").exists()
     assert "tillface:" not in (root / "etc/passwd").read_text()
     assert not any(line.startswith("tillface:") for line in (root / "etc/group").read_text().splitlines())

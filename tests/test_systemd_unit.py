@@ -61,3 +61,20 @@ def test_unit_allows_no_core_dumps():
     LimitCORE= line is the one systemd applies)."""
     limits = [line.strip() for line in UNIT.read_text().splitlines() if line.startswith("LimitCORE=")]
     assert limits and limits[-1] == "LimitCORE=0"
+
+
+def test_member_ids_in_the_journal_are_kept_no_longer_than_the_retention():
+    """The daemon logs into its own journal namespace, whose shipped journald config bounds how long
+    decision lines (member ids) are kept and forwards them nowhere else."""
+    import configparser
+
+    settings = [line.strip() for line in UNIT.read_text().splitlines()]
+    assert "LogNamespace=tillface" in settings
+    journald = configparser.ConfigParser()
+    journald.optionxform = str  # type: ignore[assignment,method-assign]
+    journald.read(REPO / "systemd" / "journald@tillface.conf")
+    j = journald["Journal"]
+    match = re.fullmatch(r"(\d+)day", j["MaxRetentionSec"])
+    assert match and 1 <= int(match.group(1)) <= 31, j["MaxRetentionSec"]
+    for forward in ("ForwardToSyslog", "ForwardToKMsg", "ForwardToConsole", "ForwardToWall"):
+        assert j[forward] == "no", forward

@@ -2,7 +2,7 @@
 
 Under systemd (`JOURNAL_STREAM` or `INVOCATION_ID` set) and with systemd-python importable, records go
 through `systemd.journal.JournalHandler`, and the `journal` dict a record carries in `extra` becomes
-journal fields (`journalctl -u tillface TILLFACE_EVENT=match`, `-o json`). Only fields that pass
+journal fields (`journalctl --namespace=tillface TILLFACE_EVENT=match`, `-o json`). Only fields that pass
 `journal_fields` are sent: upper-case names and short scalar values. Lists, arrays, bytes and long
 texts are dropped, so an embedding can never reach the journal, even by mistake.
 
