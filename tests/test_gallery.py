@@ -18,6 +18,7 @@ from tillface.recognition.gallery import (
     GalleryError,
     GalleryStore,
     create_key_file,
+    key_id,
     load_key,
     read_key_file,
 )
@@ -434,3 +435,58 @@ def test_100k_templates_save_and_load(tmp_path: Path, key: bytes) -> None:
     np.testing.assert_array_equal(big.templates_of("member-012345")[2].embedding, emb[12345 * 4 + 2])
     decision = matcher.decide(emb[777], 0.9, 0.05)
     assert decision.kind == "match" and decision.member_id == f"member-{777 // 4:06d}"
+
+
+def test_the_file_names_its_key_and_a_wrong_key_is_named(store: GalleryStore, key: bytes) -> None:
+    store.upsert("m", _unit(np.random.default_rng(21), 1), "enroll")
+    blob = store.path.read_bytes()
+    assert blob[4:12].hex() == key_id(key) == store.key_id
+    assert key.hex()[:16] not in blob.hex() and key_id(key) != key_id(os.urandom(32))
+    other = os.urandom(32)
+    with pytest.raises(GalleryError, match=f"written with key id {key_id(key)}.*has id {key_id(other)}"):
+        GalleryStore(store.path, other).load()
+
+
+def test_a_legacy_tfg1_file_is_read_and_saved_as_tfg2(tmp_path: Path, key: bytes) -> None:
+    """A gallery written before key ids (TFG1: magic, nonce, ciphertext) still loads."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from tillface.recognition.gallery import LEGACY_ASSOCIATED_DATA, LEGACY_MAGIC
+
+    store = GalleryStore(tmp_path / "g.tfg", key)
+    store.load()
+    store.upsert("legacy-member", _unit(np.random.default_rng(22), 2), "enroll")
+    plaintext = AESGCM(key).decrypt(
+        store.path.read_bytes()[12:24], store.path.read_bytes()[24:], _associated(store)
+    )
+    nonce = os.urandom(12)
+    store.path.write_bytes(
+        LEGACY_MAGIC + nonce + AESGCM(key).encrypt(nonce, plaintext, LEGACY_ASSOCIATED_DATA)
+    )
+    again = GalleryStore(store.path, key)
+    again.load()
+    assert again.members() == ["legacy-member"] and len(again.templates_of("legacy-member")) == 2
+    again.save()
+    assert store.path.read_bytes()[:4] == MAGIC
+
+
+def _associated(store: GalleryStore) -> bytes:
+    import struct
+
+    from tillface.recognition.gallery import FORMAT_VERSION
+
+    return MAGIC + struct.pack(">H", FORMAT_VERSION) + bytes.fromhex(store.key_id)
+
+
+def test_rekey_rewrites_the_file_for_the_new_key_only(store: GalleryStore, key: bytes) -> None:
+    store.upsert("m", _unit(np.random.default_rng(23), 3), "enroll", consent_ref=None)
+    new = os.urandom(32)
+    old_id, new_id = store.rekey(new)
+    assert (old_id, new_id) == (key_id(key), key_id(new))
+    with pytest.raises(GalleryError, match="written with key id"):
+        GalleryStore(store.path, key).load()
+    reopened = GalleryStore(store.path, new)
+    reopened.load()
+    assert reopened.members() == ["m"] and len(reopened.templates_of("m")) == 3
+    with pytest.raises(GalleryError, match="32 bytes"):
+        store.rekey(b"short")

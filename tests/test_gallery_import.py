@@ -99,3 +99,30 @@ def test_decompression_bomb_is_refused_by_name(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((8000, 12000), np.uint8)).save(bomb, optimize=False)
     with pytest.raises(ImageReadError, match=r"bomb\.png is refused"):
         read_rgb(bomb)
+
+
+def test_rekey_then_install_the_new_key(unit: Path, faces_dir: Path, tmp_path: Path) -> None:
+    """`tillface gallery rekey`: the gallery is re-encrypted with a new key file (created 0600); until
+    the new key is installed, the old one is refused by its key id; after, the members are all there."""
+    (path, identity), *_ = _photos(faces_dir, 1)
+    labels = _labels(tmp_path / "labels.csv", [{"path": path, "identity": identity, "consent_ref": "f-1"}])
+    imported = _tillface(
+        "gallery",
+        "import",
+        "--config",
+        str(unit),
+        "--images",
+        str(faces_dir),
+        "--labels",
+        str(labels),
+        "--quiet",
+    )
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    new_key = tmp_path / "new.key"
+    out = _tillface("gallery", "rekey", "--config", str(unit), "--new-key", str(new_key))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (new_key.stat().st_mode & 0o777) == 0o600 and "re-encrypted: key " in out.stdout
+    refused = _tillface("gallery", "list", "--config", str(unit))
+    assert refused.returncode != 0 and "written with key id" in refused.stderr, refused.stderr
+    (tmp_path / "state" / "gallery.key").write_bytes(new_key.read_bytes())
+    assert f"{identity}\t1 templates" in _members(unit)

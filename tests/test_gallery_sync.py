@@ -151,3 +151,93 @@ def test_templates_of_another_embedder_are_refused_and_cannot_be_relabelled(tmp_
     with pytest.raises(SyncError, match="cannot be decrypted"):
         apply_state(sface_till, key, forged)
     assert sface_till.members() == [] and not (tmp_path / "b.tfg").exists()
+
+
+def test_a_rotated_store_key_reaches_the_broker_and_a_new_till(tmp_path, broker, photo):
+    """After `tillface store-admin rotate-store-key` (a unit was lost), the tills get the new store key
+    from their bundles (the credential store-gallery.key): the one holding a member republishes her under
+    the new key, and a new till that has only the new key receives her."""
+    import os
+    import subprocess
+    import sys
+
+    from tillface.recognition.gallery import key_id
+
+    old_key, new_key = tmp_path / "old-store.key", os.urandom(32)
+    create_key_file(old_key)  # till A's gallery key and, with no credential, its wire key too
+    own_key = tmp_path / "tc-gallery.key"
+    create_key_file(own_key)
+    units = {
+        "ta": Till(tmp_path, "ta", broker.port, old_key),
+        "tc": Till(tmp_path, "tc", broker.port, own_key),
+    }
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"path,identity\n{photo.name},{MEMBER}\n", encoding="utf-8")
+    imported = subprocess.run(
+        [
+            *(sys.executable, "-m", "tillface", "gallery", "import", "--config", str(units["ta"].cfg)),
+            *("--images", str(photo.parent), "--labels", str(labels), "--consent-ref", "form-1", "--quiet"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    keys = StoreKeys(tmp_path / "store-keys")
+    peer = Peer(broker.port, [f"tillface/{STORE}/#"], client_id="store", signer=keys.signer)
+    peer.send(*keys.roster(STORE), retain=True)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "store-gallery.key").write_bytes(new_key)
+
+    def wire_key_ids() -> list[str | None]:
+        return [
+            (m.json().get("templates") or {}).get("key_id")
+            for m in peer.on(f"/gallery/members/{MEMBER}")
+            if m.payload
+        ]
+
+    try:
+        units["ta"].start()
+        peer.wait_for(lambda ms: wire_key_ids(), timeout=60)
+        assert wire_key_ids()[-1] == key_id(old_key.read_bytes())
+        units["ta"].stop()
+        units["ta"].start(env={"CREDENTIALS_DIRECTORY": str(bundle)})  # its new bundle
+        peer.wait_for(lambda ms: wire_key_ids()[-1] == key_id(new_key), timeout=60)
+        units["tc"].start(env={"CREDENTIALS_DIRECTORY": str(bundle)})
+        wait_health(peer, ["tc"], 1, timeout=60)
+        assert "encrypted with store key" in units["ta"].log()  # it said why it republished
+    finally:
+        for u in units.values():
+            u.stop()
+        peer.close()
+
+
+def test_rotate_store_key_replaces_the_key_that_new_bundles_carry(tmp_path):
+    import subprocess
+    import sys
+
+    from tillface.recognition.gallery import key_id
+
+    store_toml = tmp_path / "store.toml"
+    store_toml.write_text(f'[store]\nid = "{STORE}"\n[keys]\ndir = "{tmp_path / "keys"}"\n', encoding="utf-8")
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tillface", "store-admin", *args, "--config", str(store_toml)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    first = admin("provision-till", "--till", "t1", "--out", str(tmp_path / "b1"), "--no-tls")
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "b1" / "store-gallery.key").read_bytes()
+    out = admin("rotate-store-key")
+    assert out.returncode == 0, out.stderr
+    assert f"store key {key_id(before)} replaced by " in out.stdout and "provision-till" in out.stdout
+    second = admin("provision-till", "--till", "t1", "--out", str(tmp_path / "b2"), "--no-tls")
+    assert second.returncode == 0, second.stderr
+    after = (tmp_path / "b2" / "store-gallery.key").read_bytes()
+    assert len(after) == 32 and after != before and key_id(after) in out.stdout
+    assert (tmp_path / "keys" / "store-gallery.key").stat().st_mode & 0o777 == 0o600

@@ -218,6 +218,24 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             print(f"{member}\t{len(gallery.templates_of(member))} templates")
         print(f"{len(gallery.members())} members, {gallery.size} templates, version {gallery.version}")
         return 0
+    if args.action == "rekey":
+        from .recognition.gallery import create_key_file, read_key_file
+
+        new_file = Path(args.new_key)
+        try:
+            if not new_file.exists():
+                create_key_file(new_file)
+            old_id, new_id = gallery.rekey(read_key_file(new_file))
+        except GalleryError as exc:
+            print(f"tillface gallery rekey: {exc}", file=sys.stderr)
+            return EXIT_DATAERR
+        print(
+            f"gallery {config.gallery.file} re-encrypted: key {old_id} -> {new_id} "
+            f"(version {gallery.version}).\n"
+            f"Now make {new_file} the gallery key (e.g. sudo install -m 600 -o tillface {new_file} "
+            f"/etc/tillface/credentials/gallery.key), start the daemon, and destroy the old key."
+        )
+        return 0
     if args.action == "erase":
         if not gallery.erase(args.member_id):
             print(f"tillface gallery erase: member {args.member_id} is not in the gallery", file=sys.stderr)
@@ -384,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the consent of every member in the CSV is recorded (for rows without consent_ref)",
     )
     g.add_argument("--quiet", action="store_true")
+    g = gsub.add_parser(
+        "rekey", help="re-encrypt the gallery with a new key (created 0600 if the file does not exist)"
+    )
+    g.add_argument("--config", type=Path, required=True)
+    g.add_argument("--new-key", type=Path, required=True, help="the new key file (32 bytes, mode 0600)")
     g = gsub.add_parser("erase")
     g.add_argument("--config", type=Path, required=True)
     g.add_argument("member_id")

@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field, StringConstraints
 
-from ..recognition.gallery import GalleryStore
+from ..recognition.gallery import GalleryStore, key_id
 from .schemas import KEY_ID_DOC, SIG_DOC, Id, KeyId, Payload, Sig, Timestamp
 
 NONCE_SIZE = 12
@@ -41,6 +41,9 @@ class EncryptedTemplates(Payload):
     dim: int = Field(ge=1, le=4096)
     ids: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]]
     ciphertext: str  # base64 of nonce + AES-GCM(float32 little-endian count x dim)
+    # Which store key encrypted them (recognition.gallery.key_id): a till holding another store key
+    # says so instead of failing to decrypt. Absent in messages from before key ids.
+    key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")] | None = None
 
 
 class MemberState(Payload):
@@ -96,6 +99,7 @@ def encrypt_templates(
         dim=rows.shape[1],
         ids=list(ids),
         ciphertext=base64.b64encode(nonce + sealed).decode("ascii"),
+        key_id=key_id(key),
     )
 
 
@@ -108,6 +112,12 @@ def decrypt_templates(key: bytes, state: MemberState, embedder: str) -> list[tup
         raise SyncError(
             f"member {state.member_id}: templates.embedder is {enc.embedder!r} but this till runs "
             f"{embedder!r}; the store's tills must run the same embedder"
+        )
+    if enc.key_id is not None and enc.key_id != key_id(key):
+        raise SyncError(
+            f"member {state.member_id}: templates encrypted with store key {enc.key_id}, but this till "
+            f"holds store key {key_id(key)}; every till of a store needs the same store-gallery.key "
+            "(tillface store-admin provision-till)"
         )
     if len(enc.ids) != enc.count:
         raise SyncError(f"member {state.member_id}: {len(enc.ids)} template ids for {enc.count} templates")

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from ..config import Config, ConfigError
 from ..events import utc_now
 from ..recognition.enrolment import EnrolmentCache, EnrolmentError
-from ..recognition.gallery import GalleryStore
+from ..recognition.gallery import GalleryStore, key_id
 from ..security import signing
 from ..security.signing import (
     KeyFileError,
@@ -262,6 +262,9 @@ class Link:
         self._hold_until = clock() + m.sync_timeout_s
         self._marker = ""
         self._broker_state: dict[str, int] = {}  # member -> newest revision seen on the broker
+        # Members whose copy on the broker is encrypted with another store key (a rotated one): this
+        # till republishes them under its own after catching up, so the store converges on the new key.
+        self._other_key: set[str] = set()
         self._next_health = clock()
         self._client = self._make_client()
         self._threads = [
@@ -674,6 +677,18 @@ class Link:
             )
             return
         self._broker_state[member_id] = max(self._broker_state.get(member_id, 0), state.revision)
+        mine = key_id(self._key)
+        if state.templates is not None and state.templates.key_id not in (None, mine):
+            log.warning(
+                "gallery message on %s is encrypted with store key %s, this till holds %s (rotated?): "
+                "not applied; republished under this till's key if it holds the member",
+                topic,
+                state.templates.key_id,
+                mine,
+            )
+            self._other_key.add(member_id)
+            return
+        self._other_key.discard(member_id)
         found = member_id in self.gallery
         try:
             changed = apply_state(self.gallery, self._key, state)
@@ -698,7 +713,7 @@ class Link:
         newer = [
             member
             for member, (revision, erased) in self.gallery.sync_state().items()
-            if revision > self._broker_state.get(member, 0) and not erased
+            if (revision > self._broker_state.get(member, 0) or member in self._other_key) and not erased
         ]
         newer = [member for member in newer if self._publish_member(member)]
         self._synced.set()

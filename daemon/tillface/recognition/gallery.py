@@ -1,8 +1,10 @@
 """The member gallery: templates per member, kept in RAM and persisted encrypted (DESIGN §6).
 
-File format (`TFG1`): magic `TFG1` (4 bytes) + 12-byte random nonce + AES-256-GCM ciphertext (with its
-16-byte tag); the associated data is the magic plus the format version, so a file of another format
-can never be mistaken for this one. The plaintext, which only ever exists in memory, is:
+File format (`TFG2`): magic `TFG2` (4 bytes) + the key id (8 bytes, `key_id()`: which key encrypted it,
+revealing nothing of the key) + 12-byte random nonce + AES-256-GCM ciphertext (with its 16-byte tag); the
+associated data is the magic, the format version and the key id, so a file of another format can never be
+mistaken for this one, and a wrong key is named as such. `TFG1` files (the same without the key id) are
+still read; the next save writes `TFG2`. The plaintext, which only ever exists in memory, is:
 
     u32 big-endian header length | JSON header | template ids (n x 16 bytes, uuid4)
     | member index (n x <u4) | created (n x <f8, Unix seconds) | source index (n x u1)
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import os
@@ -53,13 +56,27 @@ from .matcher import Matcher
 if TYPE_CHECKING:
     from ..config import GalleryConfig
 
-MAGIC = b"TFG1"
+MAGIC = b"TFG2"  # TFG1 (no key id) is still read; saving writes TFG2
 FORMAT_VERSION = 1
-ASSOCIATED_DATA = MAGIC + struct.pack(">H", FORMAT_VERSION)
+LEGACY_MAGIC = b"TFG1"
+LEGACY_ASSOCIATED_DATA = LEGACY_MAGIC + struct.pack(">H", FORMAT_VERSION)
+KEY_ID_SIZE = 8
 NONCE_SIZE = 12
 TAG_SIZE = 16
 KEY_SIZE = 32
 DEFAULT_DIM = 128
+
+
+def key_id(key: bytes) -> str:
+    """A key's public name (16 hex digits): says which key a file or message was encrypted with, and
+    reveals nothing of the key (a hash of it, under its own label)."""
+    return hashlib.sha256(b"tillface key id\0" + bytes(key)).hexdigest()[: 2 * KEY_ID_SIZE]
+
+
+def _associated_data(kid: bytes) -> bytes:
+    return MAGIC + struct.pack(">H", FORMAT_VERSION) + kid
+
+
 MAX_MEMBER_ID_LENGTH = 128
 
 Source = Literal["enroll", "import", "sync"]
@@ -242,6 +259,7 @@ class GalleryStore:
         self.path = Path(path)
         self.embedder = embedder  # model id of the embedder whose templates this gallery holds
         self._aead = AESGCM(bytes(key))  # the raw key is not kept on the store
+        self.key_id = key_id(bytes(key))
         self._dim = int(dim)
         self._lock = threading.RLock()
         self._members: dict[str, list[Template]] = {}
@@ -347,9 +365,28 @@ class GalleryStore:
             self._require_loaded("save")
             blob = self._encode()
             try:
-                _atomic_write(self.path, [MAGIC, blob[:NONCE_SIZE], blob[NONCE_SIZE:]])
+                _atomic_write(
+                    self.path, [MAGIC, bytes.fromhex(self.key_id), blob[:NONCE_SIZE], blob[NONCE_SIZE:]]
+                )
             except OSError as exc:
                 raise GalleryError(f"cannot write gallery file {self.path}: {exc.strerror or exc}") from None
+
+    def rekey(self, new_key: bytes) -> tuple[str, str]:
+        """Encrypt the gallery with `new_key` from now on and rewrite the file at once (atomically);
+        returns (old key id, new key id). The old key no longer opens the file."""
+        if not isinstance(new_key, bytes | bytearray) or len(new_key) != KEY_SIZE:
+            raise GalleryError(f"the new gallery key must be {KEY_SIZE} bytes")
+        with self._lock:
+            self._require_loaded("rekey it")
+            old, old_aead = self.key_id, self._aead
+            self._aead, self.key_id = AESGCM(bytes(new_key)), key_id(bytes(new_key))
+            try:
+                self.save()
+            except GalleryError:
+                self._aead, self.key_id = old_aead, old
+                raise
+            audit_log.info("gallery rekey from key %s to key %s version=%d", old, self.key_id, self._version)
+            return old, self.key_id
 
     def _require_loaded(self, action: str) -> None:
         if not self._loaded:
@@ -401,19 +438,32 @@ class GalleryStore:
             ]
         )
         nonce = os.urandom(NONCE_SIZE)
-        return nonce + self._aead.encrypt(nonce, plaintext, ASSOCIATED_DATA)
+        return nonce + self._aead.encrypt(nonce, plaintext, _associated_data(bytes.fromhex(self.key_id)))
 
     def _decode(
         self, blob: bytes
     ) -> tuple[dict[str, list[Template]], int, int, dict[str, int], dict[str, int], str, dict[str, str]]:
         where = f"gallery file {self.path}"
-        if len(blob) < len(MAGIC) + NONCE_SIZE + TAG_SIZE:
+        magic = blob[: len(MAGIC)]
+        head = len(MAGIC) + (KEY_ID_SIZE if magic == MAGIC else 0)
+        if len(blob) < head + NONCE_SIZE + TAG_SIZE:
             raise GalleryError(f"{where} is truncated ({len(blob)} bytes); it was left untouched")
-        if blob[: len(MAGIC)] != MAGIC:
+        if magic == MAGIC:
+            kid = blob[len(MAGIC) : head]
+            aad = _associated_data(kid)
+            if kid.hex() != self.key_id:
+                raise GalleryError(
+                    f"{where} cannot be decrypted with this key: it was written with key id {kid.hex()}, "
+                    f"the key given has id {self.key_id} (wrong key, or a key rotated by tillface gallery "
+                    "rekey without installing the new key); it was left untouched"
+                )
+        elif magic == LEGACY_MAGIC:
+            aad = LEGACY_ASSOCIATED_DATA
+        else:
             raise GalleryError(f"{where} is not a tillface gallery (bad magic); it was left untouched")
-        nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_SIZE]
+        nonce = blob[head : head + NONCE_SIZE]
         try:
-            plaintext = self._aead.decrypt(nonce, blob[len(MAGIC) + NONCE_SIZE :], ASSOCIATED_DATA)
+            plaintext = self._aead.decrypt(nonce, blob[head + NONCE_SIZE :], aad)
         except InvalidTag:
             raise GalleryError(
                 f"{where} cannot be decrypted: wrong key, or the file is corrupt or truncated; "

@@ -276,6 +276,19 @@ class Provisioner:
             made.append(layout.STORE_GALLERY_KEY)
         return made
 
+    def rotate_gallery_key(self) -> tuple[str | None, str]:
+        """A new 32-byte store gallery key (templates on the wire) in place of the old one, which is
+        overwritten; returns (old key id or None, new key id). Bundles made afterwards carry it."""
+        from ..recognition.gallery import key_id
+
+        with self.locked():
+            self.ensure_store_keys()
+            path = self.keys / layout.STORE_GALLERY_KEY
+            old = key_id(path.read_bytes()) if path.exists() else None
+            new = os.urandom(32)
+            self._write(path, new)
+            return old, key_id(new)
+
     def provision_store(self, password_env: str) -> tuple[Path, bool]:
         """The store server's broker account (created or rotated). Its password goes to
         `<keys>/store-mqtt.env` as `<password_env>=...` (0600); returns that path and whether the

@@ -40,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca-file", type=Path, help="CA certificate of the broker, copied into the bundle")
     p.set_defaults(func=cmd_provision_till)
 
+    p = sub.add_parser(
+        "rotate-store-key",
+        help="replace the store key for templates on the wire (a unit lost); then re-provision every till",
+    )
+    p.add_argument("--config", type=Path, help="store.toml (default: the built-in defaults)")
+    p.set_defaults(func=cmd_rotate_store_key)
+
     p = sub.add_parser("revoke-till", help="remove a till's broker account, its ACL block and its public key")
     p.add_argument("--till", required=True)
     p.add_argument("--config", type=Path, help="store.toml (default: the built-in defaults)")
@@ -78,6 +85,25 @@ def cmd_provision_store(args: argparse.Namespace) -> int:
         f"{config.mqtt.password_env}=..., for the store server's unit (EnvironmentFile={env})."
     )
     print(f'Set [mqtt] username = "{store_account(prov.store)}" in store.toml, then: {RELOAD}')
+    return 0
+
+
+def cmd_rotate_store_key(args: argparse.Namespace) -> int:
+    from ..security.provisioning import ProvisioningError
+
+    try:
+        _config, prov = _provisioner(args.config)
+    except (OSError, ValueError) as exc:
+        return _fail("rotate-store-key", f"store config: {exc}", 78)
+    try:
+        old, new = prov.rotate_gallery_key()
+    except (ProvisioningError, OSError) as exc:
+        return _fail("rotate-store-key", str(exc))
+    print(
+        f"store {prov.store}: store key {old or '(none)'} replaced by {new}. Provision every till again "
+        "(tillface store-admin provision-till --till ID --out DIR, then on the till sudo scripts/install.sh "
+        "--credentials DIR): each republishes its members under the new key when it next catches up."
+    )
     return 0
 
 
