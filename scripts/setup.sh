@@ -31,6 +31,7 @@ fi
 # The aarch64 check (scripts/check_aarch64.sh) runs the unit under qemu-user on an arm64 root it debootstraps.
 [[ "${1:-}" == "--dev" ]] && ! command -v qemu-aarch64-static >/dev/null && need_apt+=(qemu-user-static)
 [[ "${1:-}" == "--dev" ]] && ! command -v debootstrap >/dev/null && need_apt+=(debootstrap)
+[[ "${1:-}" == "--dev" ]] && ! command -v chromium >/dev/null && need_apt+=(chromium)  # the cashier page's browser tests
 if ((${#need_apt[@]})); then
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"
