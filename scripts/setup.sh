@@ -31,6 +31,9 @@ fi
 # The aarch64 check (scripts/check_aarch64.sh) runs the unit under qemu-user on an arm64 root it debootstraps.
 [[ "${1:-}" == "--dev" ]] && ! command -v qemu-aarch64-static >/dev/null && need_apt+=(qemu-user-static)
 [[ "${1:-}" == "--dev" ]] && ! command -v debootstrap >/dev/null && need_apt+=(debootstrap)
+# The cashier page's browser tests: Debian's chromium, and a CJK font for its Chinese texts.
+[[ "${1:-}" == "--dev" ]] && ! command -v chromium >/dev/null && need_apt+=(chromium)
+[[ "${1:-}" == "--dev" ]] && ! fc-list :lang=zh 2>/dev/null | grep -q . && need_apt+=(fonts-wqy-zenhei)
 if ((${#need_apt[@]})); then
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}"

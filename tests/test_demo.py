@@ -43,6 +43,14 @@ def test_demo_tells_the_story(tmp_path: Path) -> None:
     out = run.stdout
     assert run.returncode == 0, f"{out}\n{run.stderr}"
     assert took < 90, f"the demo took {took:.0f} s"
+    # The cashier's page address, and where its sign-in key is (the key itself never printed).
+    page = re.search(
+        r"cashier page  (http://127\.0\.0\.1:\d+/till/till-1) \(sign in with the cashier key in (\S+)\)", out
+    )
+    assert page, out
+    key_file = Path(page.group(2))
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text().strip().startswith("tfk_") and key_file.read_text().strip() not in out
 
     # The narrated story, in order.
     code = re.search(r"event/visitor, visitor code ([A-Z]{3}-\d\d)", out)

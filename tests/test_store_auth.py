@@ -54,6 +54,11 @@ ROLES = {
     ("GET", "/audit"): {MANAGER},
 }
 PUBLIC = {("GET", "/openapi.json"), ("HEAD", "/openapi.json")}  # the API's description, no data
+# The cashier's page (store/web.py): not API operations; each checks its cookie's key for the cashier or
+# manager role itself, and tests/test_cashier_page.py tests every one of them refused otherwise.
+PUBLIC |= {("GET", "/login"), ("HEAD", "/login"), ("POST", "/login"), ("POST", "/logout")}
+PUBLIC |= {("GET", "/till/{till}"), ("HEAD", "/till/{till}"), ("GET", "/till/{till}/events")}
+PUBLIC |= {("HEAD", "/till/{till}/events"), ("POST", "/till/{till}/enrol")}
 ADMIN = [sys.executable, "-m", "tillface", "store-admin"]
 ITEM = {"sku": "C1", "name": "Espresso beans", "qty": 1, "price": "12.99"}
 

@@ -447,6 +447,13 @@ def run_demo(folder: Path, fps: int = 15, out: TextIO = sys.stdout) -> int:
                 f" closed: accounts {store_login[0]} and {till_account}"
             )
             say.plain(f"  store server  {base} (tillface store, SQLite {store_db})")
+            cashier_key = folder / "cashier.key"  # to sign in to the page; never printed
+            cashier_key.touch(mode=0o600)
+            cashier_key.write_text(api_keys["cashier"] + "\n", encoding="utf-8")
+            say.plain(
+                f"  cashier page  {base}/till/{TILL} (sign in with the cashier key in {cashier_key}); "
+                "follow the story there"
+            )
             say.plain(f"  unit          {STORE}/{TILL} (tillface run --config {config})")
             say.plain(f"  display       ESC/POS 2x20 on {os.readlink(pty.path)}, printed below as it changes")
             say.plain("  camera        a replay: one customer, three visits (scikit-image's astronaut)")

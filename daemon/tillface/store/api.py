@@ -360,6 +360,9 @@ def create_app(server: StoreServer, manage: bool = False) -> FastAPI:
         """The audit, newest first: who (key id, name, role), when, action, member, points."""
         return audit.entries(server.sessions, member_id=member_id, limit=limit, before=before)
 
+    from .web import mount_web  # the cashier's page, /till/<till_id> (its own cookie login; web.py)
+
+    mount_web(app, server)
     for route in app.routes:
         if isinstance(route, APIRoute) and (guard := guard_of(route)) is not None:
             route.openapi_extra = {**(route.openapi_extra or {}), "x-roles": list(guard.roles)}

@@ -9,7 +9,7 @@ a way to burn the store server's CPU. The comparison is constant-time (`hmac.com
 
 Roles (each endpoint lists the roles it allows, see `api.py`; `ROLES`):
     till-pos   the till's point-of-sale software: POST /receipts, GET /visitors
-    cashier    the cashier's enrolment screen: POST /members, GET /members/{id}, GET /visitors
+    cashier    the cashier's screen: POST /members, GET /members/{id}, GET /visitors, the page /till/{id}
     manager    DELETE /members/{id}, GET /tills, GET /audit, and what a cashier may
 
 Keys are made, listed and revoked on the store server itself: `tillface store-admin key-create`,

@@ -7,6 +7,9 @@ database_url = "sqlite:///store.db"   # or postgresql+psycopg://user@host/db
 points_per_unit = 1.0                 # points per whole currency unit of a receipt's total
 phone_region = "GB"                   # region for phone numbers written without +country ("" = E.164 only)
 max_points_per_receipt = 10000        # a receipt that would award more is refused (422), nothing written
+language = "en"                       # the cashier page's language: en, ru or zh (`?lang=` overrides)
+consent_version = "2026-01"           # the consent text's version the cashier page shows and records
+close_score = 0.6                     # the cashier page marks a match scoring below this "close"
 
 [mqtt]
 host = "127.0.0.1"
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +55,9 @@ class StoreSection(_Section):
     erase_timeout_s: float = Field(default=10.0, gt=0)
     visitors_window_s: float = Field(default=600.0, gt=0)
     max_points_per_receipt: int = Field(default=10_000, ge=0)
+    language: Literal["en", "ru", "zh"] = "en"
+    consent_version: str = Field(default="2026-01", min_length=1, max_length=64, pattern=r"^\S+$")
+    close_score: float = Field(default=0.6, ge=-1, le=1)
 
 
 class MqttSection(_Section):

@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -166,6 +167,9 @@ class StoreServer:
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.display_latency_ms: list[float] = []
+        # Called (on the MQTT worker thread) with (till, kind, payload) after each accepted event, health
+        # report and status ("match", "visitor", "left", "health", "status", ...): the cashier page's feed.
+        self.watchers: list[Callable[[str, str, dict[str, Any]], None]] = []
         self._client = self._make_client()
         self._worker = threading.Thread(target=self._work, name="tillface-store-worker", daemon=True)
 
@@ -370,6 +374,7 @@ class StoreServer:
         state = self.tills.setdefault(till, TillState())
         if isinstance(event, HealthEvent):
             state.health = event.model_dump(by_alias=True)
+            self._tell(till, "health", state.health)
             return
         after: list[Any] = []
         with self.sessions() as session:
@@ -384,6 +389,14 @@ class StoreServer:
             session.commit()
         for action in after:
             action()
+        self._tell(till, kind, event.model_dump(by_alias=True))
+
+    def _tell(self, till: str, kind: str, payload: dict[str, Any]) -> None:
+        for watcher in list(self.watchers):
+            try:
+                watcher(till, kind, payload)
+            except Exception:  # a watcher's fault must not stop the store's own work
+                log.exception("store server: watcher of %s failed", till)
 
     def _authenticate(self, topic: str, till: str, data: dict[str, Any]) -> None:
         """Signed by this till's registered key, addressed to this store and till, and fresh (the
@@ -444,6 +457,7 @@ class StoreServer:
             self._refuse(topic, f"replayed: offline of session {status.session}, not the current one")
             return
         state.status = status.state
+        self._tell(till, "status", {"state": status.state})
 
     def _record(self, session: Session, event: Envelope, after: list[Any]) -> None:
         if isinstance(event, MatchEvent):
